@@ -1,0 +1,135 @@
+"""The PEGASUS-X decoder: a standard pre-LayerNorm Transformer decoder with causal self-attention
+(with a key/value cache) and cross-attention over the encoder's tokens (not its global tokens).
+
+Shape legend: B batch (inputs), R rows per input (beams x return sequences; 1 in a plain forward),
+S decoder steps in this call, L cached + new steps, T encoder tokens, H heads, D head dim, M d_model.
+Caches are values: tuples in, tuples out.
+"""
+
+from __future__ import annotations
+
+from .backend import array_module
+from .layers import (embed_tokens, ffn, layer_norm, linear, merge_heads, record, sinusoidal_positions,
+                     softmax, split_heads)
+
+
+def attention(q, k, v, mask):
+    """softmax(q k^T * D^-1/2 + mask) v. The decoder scales the scores after the product, as the
+    reference's eager_attention_forward does (the encoder pre-scales its queries instead).
+
+    q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L]."""
+    s = (q @ k.swapaxes(-1, -2)) * q.shape[-1] ** -0.5           # [..., S, L]
+    if mask is not None:
+        s += mask
+    probs = softmax(s)                                           # [..., S, L]
+    return probs @ v, probs                                      # [..., S, D]
+
+
+def self_attention(x, p, num_heads, mask, cache=None):
+    """Causal self-attention. cache is None or (k, v) of the past steps, each [B, H, L-S, D];
+    returns the output [B, S, M], probs [B, H, S, L] and the new cache (k, v) [B, H, L, D]."""
+    xp = array_module(x)
+    q = split_heads(linear(x, p["q_proj"]["weight"]), num_heads)  # [B, H, S, D]
+    k = split_heads(linear(x, p["k_proj"]["weight"]), num_heads)  # [B, H, S, D]
+    v = split_heads(linear(x, p["v_proj"]["weight"]), num_heads)  # [B, H, S, D]
+    if cache is not None:
+        k = xp.concatenate([cache[0], k], axis=2)                 # [B, H, L, D]
+        v = xp.concatenate([cache[1], v], axis=2)
+    out, probs = attention(q, k, v, mask)                         # [B, H, S, D]
+    return linear(merge_heads(out), p["out_proj"]["weight"]), probs, (k, v)
+
+
+def cross_kv(encoder_hidden, p, num_heads):
+    """Keys and values of the encoder tokens for one decoder layer, computed once per input:
+    [B, T, M] -> two [B, H, T, D]. Beams of the same input share them (never copied per beam)."""
+    return (split_heads(linear(encoder_hidden, p["k_proj"]["weight"]), num_heads),
+            split_heads(linear(encoder_hidden, p["v_proj"]["weight"]), num_heads))
+
+
+def cross_attention(x, kv, p, num_heads, mask):
+    """Attention of decoder rows over the encoder tokens.
+
+    x [B*R, S, M]: the R rows of each input are consecutive (beams of one input side by side).
+    kv: (k, v) each [B, H, T, D], one per input. mask: additive [B, 1, 1, T] or None.
+    The R*S queries of an input are stacked so one matmul per input and head reads its keys once."""
+    k, v = kv
+    B, H, T, D = k.shape
+    BR, S, M = x.shape
+    R = BR // B
+    q = linear(x, p["q_proj"]["weight"]).reshape(B, R * S, H, D).transpose(0, 2, 1, 3)  # [B, H, R*S, D]
+    out, probs = attention(q, k, v, mask)                         # [B, H, R*S, D], [B, H, R*S, T]
+    out = out.reshape(B, H, R, S, D).transpose(0, 2, 3, 1, 4).reshape(BR, S, M)  # [B*R, S, M]
+    return linear(out, p["out_proj"]["weight"]), probs
+
+
+def unstack_rows(probs, rows):
+    """Cross-attention probs [B, H, R*S, T] -> [B*R, H, S, T], the reference's per-row layout."""
+    B, H, RS, T = probs.shape
+    return probs.reshape(B, H, rows, RS // rows, T).transpose(0, 2, 1, 3, 4).reshape(B * rows, H, RS // rows, T)
+
+
+def decoder_layer(x, p, config, self_mask, kv, cross_mask, cache=None, trace=None, name=""):
+    """Pre-LayerNorm decoder layer: causal self-attention, cross-attention, FFN, each with a residual."""
+    H = config.decoder_attention_heads
+    h = layer_norm(x, p["self_attn_layer_norm"])
+    h, self_probs, cache = self_attention(h, p["self_attn"], H, self_mask, cache)
+    record(trace, f"{name}.self_attn", h)
+    x = x + h
+    h = layer_norm(x, p["encoder_attn_layer_norm"])
+    h, cross_probs = cross_attention(h, kv, p["encoder_attn"], H, cross_mask)
+    record(trace, f"{name}.encoder_attn", h)
+    x = x + h
+    x = x + ffn(layer_norm(x, p["final_layer_norm"]), p, config.activation_function)
+    record(trace, name, x)
+    return x, cache, self_probs, cross_probs
+
+
+def causal_mask(S, past, dtype, xp, decoder_attention_mask=None):
+    """Additive mask [B or 1, 1, S, past+S]: step i sees keys 0..past+i, and none the padding mask hides."""
+    L = past + S
+    allowed = xp.arange(L)[None, :] <= (past + xp.arange(S))[:, None]    # [S, L]
+    allowed = allowed[None, None]                                        # [1, 1, S, L]
+    if decoder_attention_mask is not None:
+        allowed = allowed & (xp.asarray(decoder_attention_mask)[:, None, None, :L] == 1)  # [B, 1, S, L]
+    return xp.where(allowed, 0.0, xp.finfo(dtype).min).astype(dtype)
+
+
+def decoder(params, config, kvs, cross_mask, input_ids=None, inputs_embeds=None, decoder_attention_mask=None,
+            caches=None, output_hidden_states=False, trace=None):
+    """Run the decoder on S new steps.
+
+    params: the tree under "model". kvs: per-layer cross (k, v) from cross_kv. cross_mask: additive
+    [B, 1, 1, T] or None. caches: per-layer self-attention (k, v) of past steps, or None.
+    Returns (hidden [B*R, S, M] after the final layer norm, new caches, hidden_states,
+    self-attention probs, cross-attention probs)."""
+    p = params["decoder"]
+    if inputs_embeds is None:
+        scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
+        inputs_embeds = embed_tokens(input_ids, params["shared"]["weight"], scale)  # [B*R, S, M]
+        record(trace, "model.decoder.embed_tokens", inputs_embeds)
+    xp = array_module(inputs_embeds)
+    dtype = inputs_embeds.dtype
+    _, S, M = inputs_embeds.shape
+    past = 0 if caches is None else caches[0][0].shape[2]
+    pos = sinusoidal_positions(past, S, M, xp, dtype)            # [S, M] positions continue after the cache
+    record(trace, "model.decoder.embed_positions", pos)
+    x = inputs_embeds + pos                                      # [B*R, S, M]
+    self_mask = causal_mask(S, past, dtype, xp, decoder_attention_mask)
+
+    hidden_states, self_probs, cross_probs, new_caches = [], [], [], []
+    for i, layer_p in enumerate(p["layers"]):
+        if output_hidden_states:
+            hidden_states.append(x)
+        x, cache, sp, cp = decoder_layer(x, layer_p, config, self_mask, kvs[i], cross_mask,
+                                         None if caches is None else caches[i], trace, f"model.decoder.layers.{i}")
+        new_caches.append(cache)
+        self_probs.append(sp)
+        cross_probs.append(cp)
+    x = layer_norm(x, p["layer_norm"])                           # [B*R, S, M]
+    record(trace, "model.decoder.layer_norm", x)
+    if output_hidden_states:
+        # As the reference: the embeddings and each layer's output, except that the last layer's
+        # entry is the final layer norm's output, i.e. every layer's input and then the result.
+        hidden_states.append(x)
+    return x, tuple(new_caches), tuple(hidden_states) if output_hidden_states else None, \
+        tuple(self_probs), tuple(cross_probs)

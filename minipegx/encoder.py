@@ -1,0 +1,145 @@
+"""The PEGASUS-X encoder: block-local attention, staggered on odd layers, plus global tokens.
+
+Phang, Zhao & Liu (2022), §3: tokens attend only within their block of K tokens (and to the G global
+tokens); every other layer shifts the blocks by K/2 ("staggered blocks") so information crosses block
+borders; G learned global tokens attend to everything and are attended by everything.
+Shape legend: B batch, T tokens, P padded tokens, N blocks, K block size, G global tokens,
+H heads, D head dim, M d_model.
+"""
+
+from __future__ import annotations
+
+from .backend import array_module
+from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, merge_heads, record,
+                     sinusoidal_positions, softmax, split_heads)
+
+
+def global_local_attention(x, g, mask, p, num_heads, block_size):
+    """Block-local attention for tokens, full attention for global tokens (PegasusXGlobalLocalAttention).
+
+    x    [B, P, M] tokens, P a multiple of K      g [B, G, M] global tokens
+    mask [B, P] additive (0 or finfo.min)         p {q_proj, k_proj, v_proj, out_proj} (no biases)
+    Returns token output [B, P, M], global output [B, G, M] and probs
+    {"local": [B, H, N, K, G+K], "global": [B, H, G, G+P]} (the reference's layout: globals first).
+    """
+    xp = array_module(x)
+    B, P, M = x.shape
+    G, H, K = g.shape[1], num_heads, block_size
+    N, D = P // K, M // H
+    w = {name: p[name]["weight"] for name in ("q_proj", "k_proj", "v_proj", "out_proj")}
+
+    # Queries are pre-scaled by D^-1/2, as the reference does (q_proj(x) * scaling).
+    q = split_heads(linear(x, w["q_proj"]) * D ** -0.5, H)       # [B, H, P, D]
+    k = split_heads(linear(x, w["k_proj"]), H)                   # [B, H, P, D]
+    v = split_heads(linear(x, w["v_proj"]), H)                   # [B, H, P, D]
+    gq = split_heads(linear(g, w["q_proj"]) * D ** -0.5, H)      # [B, H, G, D]
+    gk = split_heads(linear(g, w["k_proj"]), H)                  # [B, H, G, D]
+    gv = split_heads(linear(g, w["v_proj"]), H)                  # [B, H, G, D]
+
+    # Global tokens see every global token and every (unmasked) token.
+    global_mask = xp.concatenate([xp.zeros((B, G), mask.dtype), mask], axis=1)  # [B, G+P]
+    s = xp.concatenate([gq @ gk.swapaxes(-1, -2),                # [B, H, G, G]
+                        gq @ k.swapaxes(-1, -2)], axis=-1)       # [B, H, G, P] -> [B, H, G, G+P]
+    global_probs = softmax(s + global_mask[:, None, None, :])    # [B, H, G, G+P]
+    g_out = global_probs[..., :G] @ gv + global_probs[..., G:] @ v  # [B, H, G, D]
+
+    # Each block of K tokens sees the G global tokens and its own block.
+    qb = q.reshape(B, H, N, K, D)                                # [B, H, N, K, D]
+    kb = k.reshape(B, H, N, K, D)
+    vb = v.reshape(B, H, N, K, D)
+    local_mask = xp.concatenate([xp.zeros((B, N, G), mask.dtype),
+                                 mask.reshape(B, N, K)], axis=-1)  # [B, N, G+K]
+    s = xp.concatenate([(q @ gk.swapaxes(-1, -2)).reshape(B, H, N, K, G),  # [B, H, P, G] -> [B, H, N, K, G]
+                        qb @ kb.swapaxes(-1, -2)], axis=-1)      # [B, H, N, K, K] -> [B, H, N, K, G+K]
+    s += local_mask[:, None, :, None, :]
+    local_probs = softmax(s)                                     # [B, H, N, K, G+K]
+    to_global = local_probs[..., :G].reshape(B, H, P, G) @ gv    # [B, H, P, G] @ [B, H, G, D] -> [B, H, P, D]
+    to_block = (local_probs[..., G:] @ vb).reshape(B, H, P, D)   # [B, H, N, K, K] @ [B, H, N, K, D]
+    t_out = to_global + to_block                                 # [B, H, P, D]
+
+    t_out = linear(merge_heads(t_out), w["out_proj"])            # [B, P, M]
+    g_out = linear(merge_heads(g_out), w["out_proj"])            # [B, G, M]
+    return t_out, g_out, {"local": local_probs, "global": global_probs}
+
+
+def stagger(x, mask, block_size):
+    """Shift blocks by half a block: pad K/2 tokens (masked) on both sides, so the padded sequence has
+    one block more and every block straddles two of the unstaggered ones (pad_local_tokens)."""
+    xp = array_module(x)
+    h = block_size // 2
+    x = xp.pad(x, ((0, 0), (h, h), (0, 0)))                                   # [B, P+K, M]
+    mask = xp.pad(mask, ((0, 0), (h, h)), constant_values=xp.finfo(mask.dtype).min)  # [B, P+K]
+    return x, mask
+
+
+def encoder_layer(x, g, mask, p, config, staggered, trace=None, name=""):
+    """One pre-LayerNorm encoder layer. Tokens and global tokens have separate attention layer norms
+    but share the attention weights, the FFN and its layer norm (PegasusXEncoderLayer)."""
+    h = layer_norm(x, p["self_attn_layer_norm"])                 # [B, P, M]
+    hg = layer_norm(g, p["global_self_attn_layer_norm"])         # [B, G, M]
+    record(trace, f"{name}.self_attn_layer_norm", h)
+    record(trace, f"{name}.global_self_attn_layer_norm", hg)
+    K = config.block_size
+    if staggered:
+        h, mask = stagger(h, mask, K)                            # [B, P+K, M]
+    h, hg, probs = global_local_attention(h, hg, mask, p["self_attn"], config.encoder_attention_heads, K)
+    record(trace, f"{name}.self_attn", h)
+    record(trace, f"{name}.self_attn.global", hg)
+    if staggered:
+        h = h[:, K // 2:-(K // 2)]                               # [B, P, M] undo the half-block shift
+    x = x + h
+    g = g + hg
+    x = x + ffn(layer_norm(x, p["final_layer_norm"]), p, config.activation_function)
+    g = g + ffn(layer_norm(g, p["final_layer_norm"]), p, config.activation_function)
+    record(trace, name, x)
+    record(trace, f"{name}.global", g)
+    return x, g, probs
+
+
+def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=None,
+            output_attentions=False, output_hidden_states=False, trace=None):
+    """Embed, pad to a multiple of the block size, run the layers, drop the padding, final layer norm.
+
+    params is the tree under "model" (shared, encoder). Returns (last_hidden_state [B, T, M],
+    hidden_states, attentions), the latter two None unless asked. hidden_states follows the reference
+    exactly: the (padded) input of every layer, then the pair (final tokens, final global tokens).
+    The final layer norm applies to tokens only; global tokens are returned un-normalized."""
+    p = params["encoder"]
+    if inputs_embeds is None:
+        scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
+        inputs_embeds = embed_tokens(input_ids, params["shared"]["weight"], scale)  # [B, T, M]
+        record(trace, "model.encoder.embed_tokens", inputs_embeds)
+    xp = array_module(inputs_embeds)
+    dtype = inputs_embeds.dtype
+    B, T, M = inputs_embeds.shape
+    pos = sinusoidal_positions(0, T, M, xp, dtype)               # [T, M]
+    record(trace, "model.encoder.embed_positions", pos)
+    x = inputs_embeds + pos                                      # [B, T, M]
+
+    if attention_mask is None:
+        attention_mask = xp.ones((B, T), dtype=dtype)
+    mask = additive_mask(attention_mask, dtype, xp)              # [B, T]
+    K = config.block_size
+    pad = (-T) % K
+    if pad:  # pad tokens to whole blocks; the padding is masked with finfo.min
+        x = xp.pad(x, ((0, 0), (0, pad), (0, 0)))                # [B, P, M]
+        mask = xp.pad(mask, ((0, 0), (0, pad)), constant_values=xp.finfo(dtype).min)  # [B, P]
+
+    # Global tokens: learned embeddings, no sqrt(d_model) scaling and no positions.
+    g = xp.broadcast_to(p["embed_global"]["weight"], (B,) + p["embed_global"]["weight"].shape)  # [B, G, M]
+
+    hidden_states, attentions = [], []
+    for i, layer_p in enumerate(p["layers"]):
+        if output_hidden_states:
+            hidden_states.append(x)
+        x, g, probs = encoder_layer(x, g, mask, layer_p, config, config.is_staggered(i), trace,
+                                    f"model.encoder.layers.{i}")
+        if output_attentions:
+            attentions.append(probs)
+
+    x = layer_norm(x[:, :T], p["layer_norm"])                    # [B, T, M] tokens only
+    record(trace, "model.encoder.layer_norm", x)
+    if output_hidden_states:
+        hidden_states.append((x, g))
+    return (x, tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None)

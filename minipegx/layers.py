@@ -1,0 +1,132 @@
+"""The building blocks shared by encoder and decoder: linear maps, layer norm, activations, the FFN,
+scaled token embeddings, sinusoidal positions, softmax and the scaled-dot-product attention core.
+
+Shape legend (used everywhere in minipegx): B batch, T tokens, S decoder steps, N blocks,
+K block size, G global tokens, H heads, D head dim, F FFN width, M d_model, V vocab.
+Every function takes arrays and plain parameter dicts (the checkpoint's own tree) and returns arrays;
+the array module (NumPy or CuPy) comes from the inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backend import array_module
+
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which PEGASUS-X keeps
+
+
+def record(trace, name, value):
+    """Store an intermediate under its Hugging Face module name when tracing (trace is a dict or None)."""
+    if trace is not None:
+        trace[name] = value
+
+
+def linear(x, w, b=None):
+    """y = x W^T (+ b), as torch.nn.Linear. W is [O, I] as stored in the checkpoint.
+
+    The leading dims are flattened so the product is one BLAS GEMM, not one per batch row."""
+    rows = x.reshape(-1, x.shape[-1])          # [R, I]
+    y = rows @ w.T                             # [R, I] @ [I, O] -> [R, O]
+    if b is not None:
+        y += b
+    return y.reshape(*x.shape[:-1], w.shape[0])  # [..., O]
+
+
+def layer_norm(x, p, eps=LAYER_NORM_EPS):
+    """LayerNorm over the last dim with biased variance (torch's), eps 1e-5. p = {"weight", "bias"}."""
+    xp = array_module(x)
+    mean = x.mean(axis=-1, keepdims=True)      # [..., 1]
+    centered = x - mean
+    var = (centered * centered).mean(axis=-1, keepdims=True)
+    return centered / xp.sqrt(var + eps) * p["weight"] + p["bias"]
+
+
+def erf(x):
+    """erf for NumPy (which has none) and CuPy alike: Abramowitz & Stegun 7.1.26, |error| < 1.5e-7.
+
+    That is below float32's resolution for GELU's outputs, so exact-GELU parity holds at fp32 tolerance."""
+    xp = array_module(x)
+    sign = xp.sign(x)
+    a = xp.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return sign * (1.0 - poly * xp.exp(-a * a))
+
+
+def _gelu_tanh(x):
+    xp = array_module(x)
+    return 0.5 * x * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def _sigmoid(x):
+    xp = array_module(x)
+    return 1.0 / (1.0 + xp.exp(-x))
+
+
+# transformers' ACT2FN, name for name (configuration validation lists the same names).
+ACTIVATIONS = {
+    "relu": lambda x: array_module(x).maximum(x, 0),
+    "gelu": lambda x: 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0)))),  # exact GELU (erf), ACT2FN["gelu"]
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + array_module(x).tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "quick_gelu": lambda x: x * _sigmoid(1.702 * x),
+    "silu": lambda x: x * _sigmoid(x),
+    "swish": lambda x: x * _sigmoid(x),
+    "tanh": lambda x: array_module(x).tanh(x),
+    "sigmoid": _sigmoid,
+}
+
+
+def ffn(x, p, act):
+    """Position-wise feed-forward: fc2(act(fc1(x))). x [..., M] -> [..., F] -> [..., M]."""
+    h = ACTIVATIONS[act](linear(x, p["fc1"]["weight"], p["fc1"]["bias"]))  # [..., F]
+    return linear(h, p["fc2"]["weight"], p["fc2"]["bias"])                 # [..., M]
+
+
+def embed_tokens(ids, table, scale):
+    """Token embedding times sqrt(d_model) when config.scale_embedding (PegasusXScaledWordEmbedding)."""
+    return table[ids] * scale                  # [B, T] -> [B, T, M]
+
+
+def sinusoidal_positions(start, length, dim, xp, dtype="float32"):
+    """PEGASUS-X's sinusoid: sin in the first half of the features, cos in the second, with frequency
+    exp(-ln(10000) * i / (dim/2 - 1)) -- note dim/2 - 1, not dim/2 (PegasusXSinusoidalPositionalEmbedding).
+
+    Computed in float32 like the reference: at position 16k a float64 argument would differ from
+    the reference's float32 one by ~1e-3 after rounding, far beyond parity tolerance."""
+    half = dim // 2
+    f32 = xp.float32
+    freq = xp.exp(xp.arange(half, dtype=f32) * f32(-(math.log(10000.0) / (half - 1))))  # [M/2]
+    pos = xp.arange(start, start + length, dtype=f32)[:, None]                           # [T, 1]
+    angle = pos * freq                                                                   # [T, M/2]
+    return xp.concatenate([xp.sin(angle), xp.cos(angle)], axis=-1).astype(dtype)         # [T, M]
+
+
+def softmax(s):
+    """Softmax over the last axis, in place on s (saves one score-sized buffer)."""
+    xp = array_module(s)
+    s -= s.max(axis=-1, keepdims=True)
+    xp.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s
+
+
+def split_heads(x, num_heads):
+    """[B, L, M] -> [B, H, L, D] (a strided view; matmul reads it without copying)."""
+    B, L, M = x.shape
+    return x.reshape(B, L, num_heads, M // num_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """[B, H, L, D] -> [B, L, H*D]."""
+    B, H, L, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, L, H * D)
+
+
+def additive_mask(attention_mask, dtype, xp):
+    """1/0 keep-mask -> additive mask: 0 where kept, finfo(dtype).min where masked (the reference's
+    `(1 - mask).masked_fill(..., finfo.min)`: anything other than exactly 1 counts as masked)."""
+    keep = xp.asarray(attention_mask) == 1
+    return xp.where(keep, 0.0, xp.finfo(dtype).min).astype(dtype)
