@@ -1,0 +1,240 @@
+"""Train the small demo PEGASUS-X that ships as minipegx's default model (a tool, not the runtime).
+
+    python tools/train_demo.py --out minipegx/data/demo            # the full recipe (~40 min, 2 CPU cores)
+    python tools/train_demo.py --out /tmp/pilot --pilot            # a 2-3 minute check that loss falls
+
+Steps, all seeded (see docs/demo_model.md):
+  1. generate text with tools/demo_data.py and train a sentencepiece vocabulary in Pegasus' layout
+     (<pad>=0, </s>=1, <unk>=2; transformers' PegasusTokenizer adds its 103 offset on top);
+  2. build a PegasusXForConditionalGeneration with every config field explicit (relu, tied head,
+     block-local + staggered + global-token encoder attention);
+  3. train it on fresh documents per step with a length curriculum (short documents first), AdamW,
+     linear warmup then cosine decay, writing a usable checkpoint every few hundred steps;
+  4. evaluate on held-out documents with tools/eval_demo.py.
+
+Uses torch + transformers + sentencepiece; none of them is needed to *run* the shipped model.
+Determinism: the data of step i depends only on (SEED, i), and torch is seeded, so a rerun on the
+same machine gives the same checkpoint; torch CPU kernels do not promise the same bits elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import demo_data  # noqa: E402
+
+SEED = 1234
+SPM_VOCAB = 400                 # sentencepiece pieces; model vocab = SPM_VOCAB + 103 (Pegasus' offset)
+SPM_TEXT_DOCS = 400             # generated documents the vocabulary is trained on
+
+MODEL = dict(
+    d_model=128,
+    encoder_layers=3,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=256,
+    decoder_ffn_dim=512,
+    num_global_tokens=16,
+    block_size=64,
+    stagger_local_blocks=True,
+    activation_function="relu",
+    dropout=0.0,                # every training document is fresh and seen once: nothing to regularise
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    encoder_layerdrop=0.0,
+    decoder_layerdrop=0.0,
+    init_std=0.02,
+    scale_embedding=True,
+    tie_word_embeddings=True,
+    max_position_embeddings=16384,
+    pad_token_id=0,
+    eos_token_id=1,
+    forced_eos_token_id=1,
+    decoder_start_token_id=0,
+    use_cache=True,
+    is_encoder_decoder=True,
+)
+
+# Curriculum: (steps, min_tokens, max_tokens, tokens_per_batch). Each batch draws one target length and
+# fills up to tokens_per_batch with documents of about that length (little padding).
+CURRICULUM = [
+    (1000, 300, 1000, 6000),
+    (2000, 1000, 4000, 8000),
+]
+PILOT_CURRICULUM = [(120, 300, 1000, 6000)]
+LR = 2e-3
+WARMUP = 100
+WEIGHT_DECAY = 0.01
+CLIP = 1.0
+SAVE_EVERY = 150
+THREADS = 1                     # measured: with 2 shared cores, 1 thread ran ~5x faster than 2 (no OpenMP
+                                # barrier stalls when other jobs hold a core); also part of bitwise determinism
+
+GENERATION = dict(
+    num_beams=4,
+    length_penalty=1.0,         # neutral: the number of facts is set by the document, not a preference
+    max_length=128,             # 5 facts x ~12 tokens + </s> fits with room to spare
+    early_stopping=True,
+    no_repeat_ngram_size=0,     # facts may legitimately repeat words ("carried 12 ... carried 40 ...")
+)
+
+
+def train_sentencepiece(out_dir: str) -> str:
+    """spiece.model in Pegasus' layout. Uses tools/train_spm.py when present, else sentencepiece directly."""
+    texts = []
+    for doc, summ in demo_data.make_dataset(SEED + 1, SPM_TEXT_DOCS, 300, 2000):
+        texts += doc.split("\n\n") + [summ]
+    prefix = os.path.join(out_dir, "spiece")
+    try:
+        from train_spm import train_spm  # the project's tokenizer recipe, if it exists yet
+        train_spm(texts, prefix, vocab_size=SPM_VOCAB)
+    except ImportError:
+        import sentencepiece as spm
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(texts))
+        spm.SentencePieceTrainer.train(
+            input=f.name, model_prefix=prefix, vocab_size=SPM_VOCAB, model_type="unigram",
+            pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+            input_sentence_size=0, shuffle_input_sentence=False, seed_sentencepiece_size=100000,
+            num_threads=1, minloglevel=2, hard_vocab_limit=False)
+        os.unlink(f.name)
+    for ext in (".vocab",):
+        if os.path.exists(prefix + ext):
+            os.unlink(prefix + ext)
+    return prefix + ".model"
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import PegasusTokenizer
+    tok = PegasusTokenizer.from_pretrained(model_dir)
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, "spiece.model"))
+    # Pegasus' layout: sp ids 0 pad, 1 eos, 2 unk; the tokenizer keeps pad/eos and shifts the rest by 103.
+    assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
+    assert len(tok) == sp.get_piece_size() + 103, (len(tok), sp.get_piece_size())
+    assert (tok.pad_token_id, tok.eos_token_id) == (0, 1)
+    probe = "According to the town ledger, Mirela carried 47 lanterns to Ostbridge."
+    assert tok(probe).input_ids == [i + 103 for i in sp.encode(probe)] + [1]
+    return tok
+
+
+def make_batch(tok, step: int, min_tokens: int, max_tokens: int, tokens_per_batch: int):
+    """The batch of training step `step`: a pure function of (SEED, step)."""
+    rng = random.Random(SEED * 1_000_003 + step)
+    target = rng.randint(min_tokens, max_tokens)
+    n = max(1, tokens_per_batch // target)
+    pairs = [demo_data.make_example(rng, rng.randint(int(target * 0.85), target)) for _ in range(n)]
+    enc = tok([d for d, _ in pairs], padding=True, return_tensors="pt")
+    lab = tok([s for _, s in pairs], padding=True, return_tensors="pt").input_ids
+    lab[lab == tok.pad_token_id] = -100
+    return enc.input_ids, enc.attention_mask, lab
+
+
+def save_checkpoint(model, out_dir: str, spiece: str, note: dict):
+    from transformers import GenerationConfig
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    shutil.copy(spiece, os.path.join(tmp, "spiece.model"))
+    cfg = model.config
+    GenerationConfig(decoder_start_token_id=cfg.decoder_start_token_id, bos_token_id=0,
+                     pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id,
+                     forced_eos_token_id=cfg.forced_eos_token_id, **GENERATION).save_pretrained(tmp)
+    with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PegasusTokenizer", "pad_token": "<pad>", "eos_token": "</s>",
+                   "unk_token": "<unk>", "mask_token": "<mask_2>", "mask_token_sent": "<mask_1>",
+                   "offset": 103, "model_max_length": 16384}, f, indent=2)
+    with open(os.path.join(tmp, "training_state.json"), "w") as f:
+        json.dump(note, f, indent=2)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="minipegx/data/demo")
+    ap.add_argument("--pilot", action="store_true", help="a short run that only checks the loss falls")
+    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "minipegx_demo_work"),
+                    help="scratch folder: spiece.model while training, eval.json")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="torch threads; 1 is faster than 2 when the two cores are shared with other work")
+    ap.add_argument("--skip-eval", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import PegasusXConfig, PegasusXForConditionalGeneration
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+    random.seed(SEED)
+
+    work = args.work
+    os.makedirs(work, exist_ok=True)
+    spiece = train_sentencepiece(work)
+    tok = load_tokenizer(work)
+    sample = [demo_data.make_example(random.Random(SEED + 2 + i), 2000)[0] for i in range(5)]
+    ratio = sum(len(tok(d).input_ids) for d in sample) / sum(len(d.split()) for d in sample)
+    print(f"vocab {len(tok)} (sentencepiece {len(tok) - 103} + 103); tokens/word {ratio:.3f} "
+          f"(demo_data.TOKENS_PER_WORD = {demo_data.TOKENS_PER_WORD})", flush=True)
+
+    config = PegasusXConfig(vocab_size=len(tok), **MODEL)
+    model = PegasusXForConditionalGeneration(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"parameters {n_params:,}", flush=True)
+
+    curriculum = PILOT_CURRICULUM if args.pilot else CURRICULUM
+    total = sum(c[0] for c in curriculum)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=(0.9, 0.98))
+
+    def lr_at(step):
+        if step < WARMUP:
+            return LR * (step + 1) / WARMUP
+        return LR * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / max(1, total - WARMUP))))
+
+    model.train()
+    t0, step, ema = time.time(), 0, None
+    for n_steps, lo, hi, tpb in curriculum:
+        for _ in range(n_steps):
+            ids, mask, labels = make_batch(tok, step, lo, hi, tpb)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+            opt.step()
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            step += 1
+            if step % 10 == 0:
+                print(f"step {step}/{total} len {lo}-{hi} batch {ids.shape[0]}x{ids.shape[1]} "
+                      f"loss {loss.item():.4f} ema {ema:.4f} lr {lr_at(step - 1):.2e} "
+                      f"elapsed {time.time() - t0:.0f}s", flush=True)
+            if step % SAVE_EVERY == 0 or step == total:
+                model.eval()
+                save_checkpoint(model, args.out, spiece, {"step": step, "of": total, "ema_loss": ema,
+                                                          "train_seconds": time.time() - t0})
+                model.train()
+                print(f"saved {args.out} at step {step}", flush=True)
+    print(f"trained {total} steps in {time.time() - t0:.0f}s", flush=True)
+
+    if not args.skip_eval:
+        import eval_demo
+        eval_demo.main(["--model", args.out, "--out", os.path.join(work, "eval.json")]
+                       + (["--quick"] if args.pilot else []))
+
+
+if __name__ == "__main__":
+    main()
