@@ -105,7 +105,8 @@ def decoder(params, config, kvs, cross_mask, input_ids=None, inputs_embeds=None,
     p = params["decoder"]
     if inputs_embeds is None:
         scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
-        inputs_embeds = embed_tokens(input_ids, params["shared"]["weight"], scale)  # [B*R, S, M]
+        table = p.get("embed_tokens", params["shared"])["weight"]  # tied to shared unless the checkpoint unties it
+        inputs_embeds = embed_tokens(input_ids, table, scale)   # [B*R, S, M]
         record(trace, "model.decoder.embed_tokens", inputs_embeds)
     xp = array_module(inputs_embeds)
     dtype = inputs_embeds.dtype

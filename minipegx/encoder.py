@@ -107,7 +107,8 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
     p = params["encoder"]
     if inputs_embeds is None:
         scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
-        inputs_embeds = embed_tokens(input_ids, params["shared"]["weight"], scale)  # [B, T, M]
+        table = p.get("embed_tokens", params["shared"])["weight"]  # tied to shared unless the checkpoint unties it
+        inputs_embeds = embed_tokens(input_ids, table, scale)   # [B, T, M]
         record(trace, "model.encoder.embed_tokens", inputs_embeds)
     xp = array_module(inputs_embeds)
     dtype = inputs_embeds.dtype
