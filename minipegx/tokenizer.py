@@ -1,0 +1,450 @@
+"""Pegasus' tokenizer on the sentencepiece package alone: same ids and same text as transformers.
+
+The vocabulary is sentencepiece's, with 105 special ids in front (offset 103, because Pegasus'
+spiece.model already holds ``<pad>`` 0 and ``</s>`` 1, which keep their ids):
+
+    0 <pad>   1 </s>   2 <mask_1>   3 <mask_2>   4..104 <unk_2>..<unk_102>   105.. sentencepiece piece i+103
+
+so sentencepiece's ``<unk>`` (its id 2) is 105. ``</s>`` is appended to every text; there is no ``<s>``.
+
+Text goes through the steps of transformers' PegasusTokenizer (transformers 5, the class that
+AutoTokenizer returns), written out so each one can be printed:
+
+    1. split the raw text on special tokens written in it ("<mask_1>", "</s>", "<unk_5>", ...)
+    2. normalize each piece with spiece.model's own rules (nmt_nfkc: NFKC, tabs/newlines -> " ")
+    3. squeeze runs of spaces to one, turn spaces into "▁", put "▁" in front
+    4. cut into words, each starting with "▁", and segment each word with the unigram model
+
+Step 4 is sentencepiece's own Viterbi; steps 1-3 are here because transformers does them
+slightly differently from sentencepiece's encode: it keeps a trailing space as a "▁" token
+("hello " -> ▁ h e l l o ▁ </s>), and sentencepiece's encode would drop it.
+
+Decoding joins the pieces, turns "▁" back into spaces and drops the one space in front, like
+transformers (clean_up_tokenization_spaces is False for Pegasus unless tokenizer_config.json says so).
+
+Known differences from transformers, each on purpose:
+  * a combining mark right after a character that nmt_nfkc rewrites ("ª\u0301", "ﬁ\u0301") is kept,
+    as sentencepiece keeps it; the tokenizers library drops it.
+  * <mask_1> is 2 and <mask_2> is 3 always; transformers 5 swaps them when it converts spiece.model
+    under a tokenizer_config.json that names mask_token/mask_token_sent (not with tokenizer.json).
+  * decode raises on ids outside the vocabulary (transformers skips them silently), and
+    return_tensors="np" on texts of different lengths raises instead of making an object array.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import warnings
+
+import numpy as np
+import sentencepiece as spm
+
+from .errors import MiniPegxWarning, TokenizerError, TruncationWarning
+
+OFFSET = 103                                  # transformers' PegasusTokenizer(offset=103)
+PAD, EOS, MASK_SENT, MASK = "<pad>", "</s>", "<mask_1>", "<mask_2>"
+SPECIAL_TOKENS = [PAD, EOS, MASK_SENT, MASK] + [f"<unk_{i}>" for i in range(2, OFFSET)]  # ids 0..104
+SPACE = "▁"                                   # U+2581, sentencepiece's visible space
+NO_LIMIT = int(1e30)                          # transformers' "no model_max_length" sentinel
+
+_TRAIN_HINT = "train a Pegasus-layout one with `python tools/train_spm.py corpus.txt DIR/spiece`"
+
+
+class Encoding(dict):
+    """What ``Tokenizer.__call__`` returns: a dict with ``input_ids`` and ``attention_mask``
+    (also readable as attributes, like transformers' BatchEncoding)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Tokenizer:
+    """PegasusTokenizer-compatible tokenizer over one spiece.model.
+
+    ``Tokenizer(spiece_model_path, model_max_length=None)`` or ``Tokenizer.from_pretrained(dir)``.
+    ``model_max_length`` is the limit that ``truncation=True`` uses when no ``max_length`` is given.
+    """
+
+    def __init__(self, spiece_model_path, model_max_length: int | None = None, *,
+                 clean_up_tokenization_spaces: bool = False, _limit_source: str | None = None):
+        path = os.fspath(spiece_model_path)
+        self.sp, self.normalizer = _load_spiece(path)
+        self.spiece_model_path = path
+        if model_max_length is not None and model_max_length >= NO_LIMIT:
+            model_max_length = None
+        self.model_max_length = model_max_length
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        self._limit_source = _limit_source or f"model_max_length={model_max_length}"
+
+        self.offset = OFFSET
+        self.pad_token_id, self.eos_token_id = 0, 1
+        self.mask_token_sent_id, self.mask_token_id = 2, 3          # <mask_1>, <mask_2>
+        self.unk_token = self.sp.id_to_piece(self.sp.unk_id())       # "<unk>"
+        self.unk_token_id = self.sp.unk_id() + OFFSET                # 105
+        self.vocab_size = self.sp.get_piece_size() + OFFSET
+        self._space_id = self.sp.piece_to_id(SPACE) + OFFSET         # the lone "▁" word (unk if absent)
+
+        # Special tokens as transformers registers them: the 105 above plus <unk>.
+        self._special_to_id = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+        self._special_to_id[self.unk_token] = self.unk_token_id
+        self.all_special_ids = sorted(self._special_to_id.values())
+        # Leftmost-longest match, like the tokenizers library ("<unk_102>" before "<unk_10>").
+        by_length = sorted(self._special_to_id, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(map(re.escape, by_length)) + ")")
+
+    @classmethod
+    def from_pretrained(cls, path) -> "Tokenizer":
+        """Load from a checkpoint directory holding spiece.model (and optionally tokenizer_config.json,
+        special_tokens_map.json), or from a path to the .model file itself."""
+        path = os.fspath(path)
+        if os.path.isfile(path):
+            return cls(path)
+        if not os.path.isdir(path):
+            raise TokenizerError(f"no checkpoint directory or spiece.model at {path!r}")
+        model_path = os.path.join(path, "spiece.model")
+        if not os.path.isfile(model_path):
+            only_json = os.path.isfile(os.path.join(path, "tokenizer.json"))
+            raise TokenizerError(
+                f"{path!r} has no spiece.model"
+                + (" (only tokenizer.json, as transformers 5's save_pretrained writes)" if only_json else "")
+                + f": copy spiece.model from the original checkpoint (its Hugging Face repository has one) "
+                f"or {_TRAIN_HINT}"
+            )
+        config = _read_json(os.path.join(path, "tokenizer_config.json"))
+        _check_special_tokens(config, os.path.join(path, "tokenizer_config.json"))
+        _check_special_tokens(_read_json(os.path.join(path, "special_tokens_map.json")),
+                              os.path.join(path, "special_tokens_map.json"))
+        max_len = config.get("model_max_length")
+        if max_len is not None and not isinstance(max_len, (int, float)):
+            raise TokenizerError(f"{path}/tokenizer_config.json: model_max_length={max_len!r} is not a number")
+        return cls(
+            model_path,
+            model_max_length=None if max_len is None else int(max_len),
+            clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False),
+            _limit_source=f"model_max_length={max_len} from {path}/tokenizer_config.json",
+        )
+
+    # ---- sizes and vocabulary ----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer({self.spiece_model_path!r}, vocab_size={self.vocab_size}, "
+                f"model_max_length={self.model_max_length})")
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        """One id -> its token string; a list of ids -> a list of token strings."""
+        if _is_int(ids):
+            return self._id_to_token(self._check_ids([ids])[0])
+        ids = self._check_ids(ids)
+        skip = set(self.all_special_ids) if skip_special_tokens else ()
+        return [self._id_to_token(i) for i in ids if i not in skip]
+
+    def convert_tokens_to_ids(self, tokens):
+        """One token string -> its id; a list -> a list. Unknown tokens give unk_token_id (105)."""
+        if isinstance(tokens, str):
+            return self._token_to_id(tokens)
+        return [self._token_to_id(t) for t in tokens]
+
+    def _id_to_token(self, i: int) -> str:
+        return SPECIAL_TOKENS[i] if i < OFFSET + 2 else self.sp.id_to_piece(i - OFFSET)
+
+    def _token_to_id(self, token: str) -> int:
+        if token in self._special_to_id:
+            return self._special_to_id[token]
+        return self.sp.piece_to_id(token) + OFFSET          # sentencepiece gives unk for unknown
+
+    # ---- encoding ------------------------------------------------------------------------------
+
+    def tokenize(self, text) -> list[str]:
+        """Token strings of one text, without the </s> that encode appends."""
+        return self.convert_ids_to_tokens(self._encode_one(_as_text(text, 0), 0))
+
+    def encode(self, text, truncation=None, max_length: int | None = None,
+               padding=False) -> list[int]:
+        """Ids of one text, </s> appended (a plain list, like transformers' encode)."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TokenizerError(f"encode takes one text (str or UTF-8 bytes), not {type(text).__name__}; "
+                                 f"for a batch call the tokenizer itself: tok(texts)")
+        return self(text, padding=padding, truncation=truncation, max_length=max_length)["input_ids"]
+
+    def __call__(self, texts, padding=False, truncation=None, max_length: int | None = None,
+                 return_tensors: str | None = None) -> Encoding:
+        """Encode a text or a batch of texts.
+
+        padding: False / "do_not_pad"; True / "longest" (to the batch's longest); "max_length".
+        truncation: True / "longest_first" / "only_first" cut to max_length (or model_max_length),
+            keeping </s> last, with a TruncationWarning; False / "do_not_truncate" never cut;
+            None (default) cuts only when max_length is given, as transformers does.
+        return_tensors: None (lists) or "np" (int64 arrays [B, T]).
+        A single string gives ``input_ids`` as one list (or a [1, T] array with "np").
+        """
+        single = isinstance(texts, (str, bytes, bytearray))
+        if single:
+            batch = [texts]
+        elif isinstance(texts, (list, tuple)):
+            batch = list(texts)
+        else:
+            raise TokenizerError(
+                f"texts must be a str (or UTF-8 bytes) or a list of them, not {type(texts).__name__}"
+            )
+        truncate, pad_mode, limit = self._strategies(padding, truncation, max_length)
+
+        sequences = []
+        for index, item in enumerate(batch):
+            ids = self._encode_one(_as_text(item, index), index) + [self.eos_token_id]
+            if truncate and len(ids) > limit:
+                self._warn_truncation(index, len(ids), limit, max_length)
+                ids = ids[: limit - 1] + [self.eos_token_id]
+            sequences.append(ids)
+
+        # Pad on the right with <pad> 0 (mask 0): to the longest, or up to the limit (longer ones stay).
+        if pad_mode == "longest":
+            width = max((len(s) for s in sequences), default=0)
+        elif pad_mode == "max_length" and limit is not None:
+            width = limit
+        else:
+            width = 0
+        masks = [[1] * len(s) + [0] * (width - len(s)) for s in sequences]
+        sequences = [s + [self.pad_token_id] * (width - len(s)) for s in sequences]
+
+        if return_tensors == "np":
+            if len({len(s) for s in sequences}) > 1:
+                raise TokenizerError(
+                    "texts of different lengths cannot make one array: pass padding=True "
+                    "(and truncation=True to bound the length)"
+                )
+            width = len(sequences[0]) if sequences else 0
+            input_ids = np.array(sequences, dtype=np.int64).reshape(len(sequences), width)  # [B, T]
+            attention_mask = np.array(masks, dtype=np.int64).reshape(len(sequences), width)  # [B, T]
+            return Encoding(input_ids=input_ids, attention_mask=attention_mask)
+        if return_tensors is not None:
+            raise TokenizerError(f"return_tensors={return_tensors!r}: minipegx gives None (lists) or 'np'")
+        if single:
+            return Encoding(input_ids=sequences[0], attention_mask=masks[0])
+        return Encoding(input_ids=sequences, attention_mask=masks)
+
+    def _strategies(self, padding, truncation, max_length):
+        """(truncate?, pad mode None/'longest'/'max_length', length limit) from transformers' arguments."""
+        if max_length is not None and (not _is_int(max_length) or max_length < 1):
+            raise TokenizerError(f"max_length={max_length!r}: give a positive int (</s> counts as one token)")
+        if truncation is None:
+            truncation = max_length is not None and padding is False   # transformers' legacy rule
+        if truncation in (True, "longest_first", "only_first"):
+            truncate = True
+        elif truncation in (False, "do_not_truncate"):
+            truncate = False
+        else:
+            raise TokenizerError(f"truncation={truncation!r}: use True, False or 'longest_first'")
+        if padding in (True, "longest"):
+            pad_mode = "longest"
+        elif padding in (False, "do_not_pad"):
+            pad_mode = None
+        elif padding == "max_length":
+            pad_mode = "max_length"
+        else:
+            raise TokenizerError(f"padding={padding!r}: use False, True/'longest' or 'max_length'")
+        limit = max_length if max_length is not None else self.model_max_length
+        if truncate and limit is None:
+            truncate = False                # nothing to cut to: transformers does the same
+        return truncate, pad_mode, limit
+
+    def _warn_truncation(self, index: int, n_tokens: int, limit: int, max_length) -> None:
+        source = f"max_length={limit}" if max_length is not None else self._limit_source
+        warnings.warn(
+            f"input {index} has {n_tokens} tokens (</s> included); cut to {limit} by {source}, "
+            f"dropping {n_tokens - limit} tokens from its end. PEGASUS-X itself reads up to 16384 "
+            f"tokens: pass a larger max_length (or truncation=False) to keep them.",
+            TruncationWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+    def _encode_one(self, text: str, index: int) -> list[int]:
+        """Ids of one text without </s>: special tokens, then normalize, then words, then unigram."""
+        if not text.strip():
+            warnings.warn(
+                f"input {index} is {'empty' if not text else 'only whitespace'}: it encodes to </s> "
+                f"(after at most a lone ▁), as in transformers, and a summary of it will be meaningless",
+                MiniPegxWarning,
+                stacklevel=_user_stacklevel(),
+            )
+        ids: list[int] = []
+        for chunk in self._special_re.split(text):      # odd positions are the special tokens
+            if chunk in self._special_to_id:
+                ids.append(self._special_to_id[chunk])
+            elif chunk:
+                ids.extend(self._encode_plain(chunk))
+        return ids
+
+    def _encode_plain(self, chunk: str) -> list[int]:
+        """Ids of text holding no special token (steps 2-4 of the module docstring)."""
+        # 2. normalize with spiece.model's rules (nmt_nfkc also makes a "▁" written in the text a space)
+        text = self.normalizer.Normalize(chunk)
+        # 3. runs of spaces -> one, spaces -> "▁", "▁" in front
+        text = re.sub(" {2,}", " ", text).replace(" ", SPACE)
+        if not text:
+            return []
+        if not text.startswith(SPACE):
+            text = SPACE + text
+        # 4. words "▁xxx"; sentencepiece puts the "▁" back itself (add_dummy_prefix), a lone "▁" is one piece
+        words = re.findall(SPACE + "[^" + SPACE + "]*", text)
+        bodies = [w[1:] for w in words if len(w) > 1]
+        encoded = iter(self.sp.encode(bodies)) if bodies else iter(())
+        ids: list[int] = []
+        for w in words:
+            if len(w) == 1:
+                ids.append(self._space_id)
+            else:
+                ids.extend(i + OFFSET for i in next(encoded))
+        return ids
+
+    # ---- decoding ------------------------------------------------------------------------------
+
+    def decode(self, ids, skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Text of one sequence of ids (a list, a 1-D array, or one int), as transformers decodes it."""
+        if _is_int(ids):
+            ids = [ids]
+        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+        # transformers' Metaspace decoder: "▁" -> " ", and the first token loses its leading space.
+        text = "".join(tokens).replace(SPACE, " ")
+        if tokens and tokens[0].startswith(SPACE):
+            text = text[1:]
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return _clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False,
+                     clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+        """decode for each row of a list of lists or a [B, S] array."""
+        if isinstance(sequences, np.ndarray) and sequences.ndim != 2:
+            raise TokenizerError(f"batch_decode takes a [B, S] array, got shape {sequences.shape}")
+        return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces) for s in sequences]
+
+    def _check_ids(self, ids) -> list[int]:
+        """Plain ints in [0, vocab_size), or a TokenizerError naming the first bad one."""
+        if hasattr(ids, "get") and not isinstance(ids, np.ndarray) and "input_ids" in ids:
+            ids = ids["input_ids"]
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+            raise TokenizerError(
+                f"expected one sequence of int ids, got {type(ids).__name__} of shape {arr.shape} "
+                f"and dtype {arr.dtype} (for a batch use batch_decode)"
+            )
+        bad = np.flatnonzero((arr < 0) | (arr >= self.vocab_size))
+        if bad.size:
+            k = int(bad[0])
+            hint = " (-100 is the loss's ignore index: replace it with pad_token_id 0)" if arr[k] == -100 else ""
+            raise TokenizerError(
+                f"id {int(arr[k])} at position {k} is outside the vocabulary [0, {self.vocab_size}){hint}"
+            )
+        return [int(i) for i in arr]
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _load_spiece(path: str):
+    """Load spiece.model, check it has Pegasus' layout, and build its whitespace-keeping normalizer."""
+    if not os.path.isfile(path):
+        raise TokenizerError(f"spiece.model not found at {path!r}: copy it from the checkpoint or {_TRAIN_HINT}")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=path)
+        # Normalization rules only: whitespace is handled as transformers does, in _encode_plain.
+        normalizer = spm.SentencePieceNormalizer(
+            model_file=path, add_dummy_prefix=False, escape_whitespaces=False, remove_extra_whitespaces=False
+        )
+    except (RuntimeError, OSError) as e:
+        raise TokenizerError(
+            f"{path!r} is not a readable sentencepiece model ({e}); the file may be truncated or not a "
+            f"spiece.model at all: download it again or {_TRAIN_HINT}"
+        ) from None
+    if not (sp.get_piece_size() > 3 and sp.is_control(0) and sp.is_control(1) and sp.unk_id() == 2):
+        first = [sp.id_to_piece(i) for i in range(min(3, sp.get_piece_size()))]
+        raise TokenizerError(
+            f"{path!r} does not have Pegasus' layout (<pad> 0, </s> 1, <unk> 2; it starts with {first}): "
+            f"the tokenizer would give wrong ids; {_TRAIN_HINT}"
+        )
+    if not sp.encode("a", out_type=str)[0].startswith(SPACE):
+        raise TokenizerError(f"{path!r} was trained with add_dummy_prefix=false, Pegasus needs true; {_TRAIN_HINT}")
+    return sp, normalizer
+
+
+def _read_json(path: str) -> dict:
+    """The JSON object in path, {} when the file is absent, TokenizerError when it is broken."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path} is not valid JSON ({e}): fix or delete it") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} should hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _check_special_tokens(config: dict, path: str) -> None:
+    """minipegx has Pegasus' special tokens built in; refuse a config that renames them."""
+    expected = {"pad_token": PAD, "eos_token": EOS, "mask_token": MASK, "mask_token_sent": MASK_SENT,
+                "unk_token": "<unk>"}
+    for key, want in expected.items():
+        value = config.get(key, want)
+        if isinstance(value, dict):            # a serialized AddedToken
+            value = value.get("content")
+        if value != want:
+            raise TokenizerError(f"{path}: {key}={value!r}, but minipegx supports Pegasus' {want!r} only")
+    if config.get("offset", OFFSET) != OFFSET:
+        raise TokenizerError(f"{path}: offset={config['offset']!r}, but minipegx supports Pegasus' {OFFSET} only")
+
+
+def _as_text(item, index: int) -> str:
+    """A str to tokenize, from a str or UTF-8 bytes; TokenizerError for anything else."""
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TokenizerError(
+                f"input {index}: bytes are not valid UTF-8 at byte offset {e.start} ({e.reason}); "
+                f"decode them with the right encoding first (e.g. data.decode('latin-1')) and pass str"
+            ) from None
+    if not isinstance(item, str):
+        raise TokenizerError(f"input {index} is a {type(item).__name__}: pass str (or UTF-8 bytes)")
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise TokenizerError(
+            f"input {index} has a lone surrogate at character {e.start} ({item[e.start]!r}), which is not "
+            f"text: read the file with errors='replace' or fix the string"
+        ) from None
+    return item
+
+
+def _user_stacklevel() -> int:
+    """The warnings.warn stacklevel that points at the caller's line, outside this module."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _clean_up_tokenization(text: str) -> str:
+    """transformers' clean_up_tokenization (off for Pegasus unless tokenizer_config.json turns it on)."""
+    for before, after in [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                          (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]:
+        text = text.replace(before, after)
+    return text
+
+
+__all__ = ["Tokenizer", "Encoding", "OFFSET", "SPECIAL_TOKENS"]
