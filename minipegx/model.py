@@ -13,8 +13,6 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from . import backend as B_
 from .config import PegasusXConfig
 from .decoder import cross_kv, decoder, unstack_rows
@@ -94,7 +92,7 @@ def as_ids(model, ids, name):
     xp = model.xp
     if isinstance(ids, (list, tuple)):
         try:
-            ids = np.asarray(ids)
+            ids = B_.to_numpy(ids)
         except ValueError as e:
             raise InputError(f"{name} rows have different lengths; pad them (the tokenizer's padding=True) "
                              "and pass an attention_mask") from e
@@ -124,7 +122,7 @@ def as_mask(model, mask, shape, name):
     """A 1/0 attention mask of exactly `shape`, as an array on the model's backend."""
     xp = model.xp
     if isinstance(mask, (list, tuple)):
-        mask = np.asarray(mask)
+        mask = B_.to_numpy(mask)
     if not hasattr(mask, "shape"):
         raise InputError(f"{name} must be an array of 1 (keep) and 0 (padding), got {type(mask).__name__}")
     if mask.ndim == 1 and len(shape) == 2 and shape[0] == 1:
@@ -275,7 +273,7 @@ def forward(model, input_ids=None, attention_mask=None, decoder_input_ids=None, 
 
 def as_labels(model, labels):
     xp = model.xp
-    labels = np.asarray(labels) if isinstance(labels, (list, tuple)) else labels
+    labels = B_.to_numpy(labels) if isinstance(labels, (list, tuple)) else labels
     if not hasattr(labels, "dtype") or labels.dtype.kind not in "iu" or labels.ndim != 2:
         raise InputError("labels must be an integer array [batch, length] of token ids (-100 = ignore)")
     bad = (labels != -100) & ((labels < 0) | (labels >= model.config.vocab_size))
