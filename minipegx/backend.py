@@ -74,6 +74,23 @@ def resolve_dtype(name, xp=np):
     raise BackendError(f"unknown dtype {name!r}: choose one of {DTYPES}")
 
 
+def finfo(dtype):
+    """np.finfo that also knows bfloat16 (NumPy's does not; ml_dtypes.finfo does). Works for CuPy dtypes,
+    which are NumPy dtypes."""
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.finfo(dtype)
+    return np.finfo(dtype)
+
+
+def is_floating(dtype) -> bool:
+    """True for float16/32/64 and bfloat16 (whose NumPy kind is 'V', not 'f')."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
 def to_device(x, xp, dtype=None):
     """Move (and optionally cast) a host or device array to module xp."""
     if xp is np:

@@ -8,9 +8,10 @@ Caches are values: tuples in, tuples out.
 
 from __future__ import annotations
 
-from .backend import array_module
+from .backend import array_module, finfo
 from .layers import (embed_tokens, ffn, layer_norm, linear, merge_heads, record, sinusoidal_positions,
                      softmax, split_heads)
+from .precision import assert_finite, checks_on, matmul, residual
 
 
 def attention(q, k, v, mask):
@@ -18,11 +19,11 @@ def attention(q, k, v, mask):
     reference's eager_attention_forward does (the encoder pre-scales its queries instead).
 
     q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L]."""
-    s = (q @ k.swapaxes(-1, -2)) * q.shape[-1] ** -0.5           # [..., S, L]
+    s = matmul(q, k.swapaxes(-1, -2)) * q.shape[-1] ** -0.5      # [..., S, L]
     if mask is not None:
         s += mask
     probs = softmax(s)                                           # [..., S, L]
-    return probs @ v, probs                                      # [..., S, D]
+    return matmul(probs, v), probs                               # [..., S, D]
 
 
 def self_attention(x, p, num_heads, mask, cache=None):
@@ -91,17 +92,17 @@ def causal_mask(S, past, dtype, xp, decoder_attention_mask=None):
     allowed = allowed[None, None]                                        # [1, 1, S, L]
     if decoder_attention_mask is not None:
         allowed = allowed & (xp.asarray(decoder_attention_mask)[:, None, None, :L] == 1)  # [B, 1, S, L]
-    return xp.where(allowed, 0.0, xp.finfo(dtype).min).astype(dtype)
+    return xp.where(allowed, 0.0, finfo(dtype).min).astype(dtype)
 
 
 def decoder(params, config, kvs, cross_mask, input_ids=None, inputs_embeds=None, decoder_attention_mask=None,
-            caches=None, output_hidden_states=False, trace=None):
+            caches=None, output_hidden_states=False, trace=None, check_finite=None):
     """Run the decoder on S new steps.
 
     params: the tree under "model". kvs: per-layer cross (k, v) from cross_kv. cross_mask: additive
     [B, 1, 1, T] or None. caches: per-layer self-attention (k, v) of past steps, or None.
     Returns (hidden [B*R, S, M] after the final layer norm, new caches, hidden_states,
-    self-attention probs, cross-attention probs)."""
+    self-attention probs, cross-attention probs). check_finite: as in encoder.encoder."""
     p = params["decoder"]
     if inputs_embeds is None:
         scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
@@ -114,15 +115,18 @@ def decoder(params, config, kvs, cross_mask, input_ids=None, inputs_embeds=None,
     past = 0 if caches is None else caches[0][0].shape[2]
     pos = sinusoidal_positions(past, S, M, xp, dtype)            # [S, M] positions continue after the cache
     record(trace, "model.decoder.embed_positions", pos)
-    x = inputs_embeds + pos                                      # [B*R, S, M]
+    x = residual(inputs_embeds) + pos                            # [B*R, S, M], float32 under fp16/bf16
     self_mask = causal_mask(S, past, dtype, xp, decoder_attention_mask)
 
+    checks = checks_on(check_finite, dtype)      # default: on under fp16/bf16
     hidden_states, self_probs, cross_probs, new_caches = [], [], [], []
     for i, layer_p in enumerate(p["layers"]):
         if output_hidden_states:
             hidden_states.append(x)
         x, cache, sp, cp = decoder_layer(x, layer_p, config, self_mask, kvs[i], cross_mask,
                                          None if caches is None else caches[i], trace, f"model.decoder.layers.{i}")
+        if checks:  # inf/NaN is reported with the layer where it appeared (precision.py)
+            assert_finite(x, f"model.decoder.layers.{i}", dtype)
         new_caches.append(cache)
         self_probs.append(sp)
         cross_probs.append(cp)

@@ -9,9 +9,10 @@ H heads, D head dim, M d_model.
 
 from __future__ import annotations
 
-from .backend import array_module
+from .backend import array_module, finfo
 from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, merge_heads, record,
                      sinusoidal_positions, softmax, split_heads)
+from .precision import assert_finite, checks_on, matmul, residual
 
 
 def global_local_attention(x, g, mask, p, num_heads, block_size):
@@ -38,10 +39,10 @@ def global_local_attention(x, g, mask, p, num_heads, block_size):
 
     # Global tokens see every global token and every (unmasked) token.
     global_mask = xp.concatenate([xp.zeros((B, G), mask.dtype), mask], axis=1)  # [B, G+P]
-    s = xp.concatenate([gq @ gk.swapaxes(-1, -2),                # [B, H, G, G]
-                        gq @ k.swapaxes(-1, -2)], axis=-1)       # [B, H, G, P] -> [B, H, G, G+P]
+    s = xp.concatenate([matmul(gq, gk.swapaxes(-1, -2)),         # [B, H, G, G]
+                        matmul(gq, k.swapaxes(-1, -2))], axis=-1)  # [B, H, G, P] -> [B, H, G, G+P]
     global_probs = softmax(s + global_mask[:, None, None, :])    # [B, H, G, G+P]
-    g_out = global_probs[..., :G] @ gv + global_probs[..., G:] @ v  # [B, H, G, D]
+    g_out = matmul(global_probs[..., :G], gv) + matmul(global_probs[..., G:], v)  # [B, H, G, D]
 
     # Each block of K tokens sees the G global tokens and its own block.
     qb = q.reshape(B, H, N, K, D)                                # [B, H, N, K, D]
@@ -49,12 +50,12 @@ def global_local_attention(x, g, mask, p, num_heads, block_size):
     vb = v.reshape(B, H, N, K, D)
     local_mask = xp.concatenate([xp.zeros((B, N, G), mask.dtype),
                                  mask.reshape(B, N, K)], axis=-1)  # [B, N, G+K]
-    s = xp.concatenate([(q @ gk.swapaxes(-1, -2)).reshape(B, H, N, K, G),  # [B, H, P, G] -> [B, H, N, K, G]
-                        qb @ kb.swapaxes(-1, -2)], axis=-1)      # [B, H, N, K, K] -> [B, H, N, K, G+K]
+    s = xp.concatenate([matmul(q, gk.swapaxes(-1, -2)).reshape(B, H, N, K, G),  # [B, H, P, G] -> [B, H, N, K, G]
+                        matmul(qb, kb.swapaxes(-1, -2))], axis=-1)  # [B, H, N, K, K] -> [B, H, N, K, G+K]
     s += local_mask[:, None, :, None, :]
     local_probs = softmax(s)                                     # [B, H, N, K, G+K]
-    to_global = local_probs[..., :G].reshape(B, H, P, G) @ gv    # [B, H, P, G] @ [B, H, G, D] -> [B, H, P, D]
-    to_block = (local_probs[..., G:] @ vb).reshape(B, H, P, D)   # [B, H, N, K, K] @ [B, H, N, K, D]
+    to_global = matmul(local_probs[..., :G].reshape(B, H, P, G), gv)  # [B, H, P, G] @ [B, H, G, D] -> [B, H, P, D]
+    to_block = matmul(local_probs[..., G:], vb).reshape(B, H, P, D)   # [B, H, N, K, K] @ [B, H, N, K, D]
     t_out = to_global + to_block                                 # [B, H, P, D]
 
     t_out = linear(merge_heads(t_out), w["out_proj"])            # [B, P, M]
@@ -68,7 +69,7 @@ def stagger(x, mask, block_size):
     xp = array_module(x)
     h = block_size // 2
     x = xp.pad(x, ((0, 0), (h, h), (0, 0)))                                   # [B, P+K, M]
-    mask = xp.pad(mask, ((0, 0), (h, h)), constant_values=xp.finfo(mask.dtype).min)  # [B, P+K]
+    mask = xp.pad(mask, ((0, 0), (h, h)), constant_values=finfo(mask.dtype).min)  # [B, P+K]
     return x, mask
 
 
@@ -97,13 +98,15 @@ def encoder_layer(x, g, mask, p, config, staggered, trace=None, name=""):
 
 
 def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=None,
-            output_attentions=False, output_hidden_states=False, trace=None):
+            output_attentions=False, output_hidden_states=False, trace=None, check_finite=None):
     """Embed, pad to a multiple of the block size, run the layers, drop the padding, final layer norm.
 
     params is the tree under "model" (shared, encoder). Returns (last_hidden_state [B, T, M],
     hidden_states, attentions), the latter two None unless asked. hidden_states follows the reference
     exactly: the (padded) input of every layer, then the pair (final tokens, final global tokens).
-    The final layer norm applies to tokens only; global tokens are returned un-normalized."""
+    The final layer norm applies to tokens only; global tokens are returned un-normalized.
+    check_finite: raise NumericalError naming the first layer whose output holds inf/NaN (None: only
+    under float16/bfloat16, where the compute dtype is low precision; see precision.py)."""
     p = params["encoder"]
     if inputs_embeds is None:
         scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
@@ -115,7 +118,7 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
     B, T, M = inputs_embeds.shape
     pos = sinusoidal_positions(0, T, M, xp, dtype)               # [T, M]
     record(trace, "model.encoder.embed_positions", pos)
-    x = inputs_embeds + pos                                      # [B, T, M]
+    x = residual(inputs_embeds) + pos                            # [B, T, M], float32 under fp16/bf16
 
     if attention_mask is None:
         attention_mask = xp.ones((B, T), dtype=dtype)
@@ -124,17 +127,21 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
     pad = (-T) % K
     if pad:  # pad tokens to whole blocks; the padding is masked with finfo.min
         x = xp.pad(x, ((0, 0), (0, pad), (0, 0)))                # [B, P, M]
-        mask = xp.pad(mask, ((0, 0), (0, pad)), constant_values=xp.finfo(dtype).min)  # [B, P]
+        mask = xp.pad(mask, ((0, 0), (0, pad)), constant_values=finfo(dtype).min)  # [B, P]
 
     # Global tokens: learned embeddings, no sqrt(d_model) scaling and no positions.
-    g = xp.broadcast_to(p["embed_global"]["weight"], (B,) + p["embed_global"]["weight"].shape)  # [B, G, M]
+    g = residual(xp.broadcast_to(p["embed_global"]["weight"], (B,) + p["embed_global"]["weight"].shape))  # [B, G, M]
 
+    checks = checks_on(check_finite, dtype)      # default: on under fp16/bf16
     hidden_states, attentions = [], []
     for i, layer_p in enumerate(p["layers"]):
         if output_hidden_states:
             hidden_states.append(x)
         x, g, probs = encoder_layer(x, g, mask, layer_p, config, config.is_staggered(i), trace,
                                     f"model.encoder.layers.{i}")
+        if checks:  # inf/NaN is reported with the layer where it appeared (precision.py)
+            assert_finite(x, f"model.encoder.layers.{i} (tokens)", dtype)
+            assert_finite(g, f"model.encoder.layers.{i} (global tokens)", dtype)
         if output_attentions:
             attentions.append(probs)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 
-from .backend import array_module
+from .backend import array_module, finfo
+from .precision import ACCUMULATE, is_low_precision, round_to
+from .quantize import is_quantized
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which PEGASUS-X keeps
 
@@ -25,8 +27,16 @@ def record(trace, name, value):
 def linear(x, w, b=None):
     """y = x W^T (+ b), as torch.nn.Linear. W is [O, I] as stored in the checkpoint.
 
-    The leading dims are flattened so the product is one BLAS GEMM, not one per batch row."""
+    The leading dims are flattened so the product is one BLAS GEMM, not one per batch row.
+    float16/bfloat16 operands and int8/nf4 weights (quantize.py, dequantized here, on the fly) are
+    multiplied in float32 and the result, bias included, rounded once to x's dtype (precision.py)."""
     rows = x.reshape(-1, x.shape[-1])          # [R, I]
+    if is_quantized(w) or is_low_precision(rows.dtype) or is_low_precision(w.dtype):
+        wide = w.dequantize(ACCUMULATE) if is_quantized(w) else w.astype(ACCUMULATE)  # [O, I] float32
+        y = rows.astype(ACCUMULATE) @ wide.T   # [R, O], float32 accumulation
+        if b is not None:
+            y += b
+        return round_to(y, rows.dtype).reshape(*x.shape[:-1], y.shape[-1])
     y = rows @ w.T                             # [R, I] @ [I, O] -> [R, O]
     if b is not None:
         y += b
@@ -34,8 +44,14 @@ def linear(x, w, b=None):
 
 
 def layer_norm(x, p, eps=LAYER_NORM_EPS):
-    """LayerNorm over the last dim with biased variance (torch's), eps 1e-5. p = {"weight", "bias"}."""
+    """LayerNorm over the last dim with biased variance (torch's), eps 1e-5. p = {"weight", "bias"}.
+
+    Under float16/bfloat16 the statistics are computed in float32 (squares of |x| > 256 overflow fp16)
+    and the output rounded to the weights' dtype (the residual stream x may be float32, precision.py)."""
     xp = array_module(x)
+    if is_low_precision(x.dtype) or is_low_precision(p["weight"].dtype):
+        y = layer_norm(x.astype(ACCUMULATE), {k: v.astype(ACCUMULATE) for k, v in p.items()}, eps)
+        return round_to(y, p["weight"].dtype)
     mean = x.mean(axis=-1, keepdims=True)      # [..., 1]
     centered = x - mean
     var = (centered * centered).mean(axis=-1, keepdims=True)
@@ -81,13 +97,17 @@ ACTIVATIONS = {
 
 def ffn(x, p, act):
     """Position-wise feed-forward: fc2(act(fc1(x))). x [..., M] -> [..., F] -> [..., M]."""
-    h = ACTIVATIONS[act](linear(x, p["fc1"]["weight"], p["fc1"]["bias"]))  # [..., F]
+    h = linear(x, p["fc1"]["weight"], p["fc1"]["bias"])                    # [..., F]
+    if is_low_precision(h.dtype):  # float16/bfloat16: the activation in float32, rounded back
+        h = round_to(ACTIVATIONS[act](h.astype(ACCUMULATE)), h.dtype)
+    else:
+        h = ACTIVATIONS[act](h)
     return linear(h, p["fc2"]["weight"], p["fc2"]["bias"])                 # [..., M]
 
 
 def embed_tokens(ids, table, scale):
     """Token embedding times sqrt(d_model) when config.scale_embedding (PegasusXScaledWordEmbedding)."""
-    return table[ids] * scale                  # [B, T] -> [B, T, M]
+    return round_to(table[ids] * scale, table.dtype)  # [B, T] -> [B, T, M] (bf16 * float is float32)
 
 
 def sinusoidal_positions(start, length, dim, xp, dtype="float32"):
@@ -105,8 +125,11 @@ def sinusoidal_positions(start, length, dim, xp, dtype="float32"):
 
 
 def softmax(s):
-    """Softmax over the last axis, in place on s (saves one score-sized buffer)."""
+    """Softmax over the last axis, in place on s (saves one score-sized buffer).
+    float16/bfloat16 scores: exponentials and sums in float32, probabilities rounded back."""
     xp = array_module(s)
+    if is_low_precision(s.dtype):
+        return round_to(softmax(s.astype(ACCUMULATE)), s.dtype)
     s -= s.max(axis=-1, keepdims=True)
     xp.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
@@ -129,4 +152,4 @@ def additive_mask(attention_mask, dtype, xp):
     """1/0 keep-mask -> additive mask: 0 where kept, finfo(dtype).min where masked (the reference's
     `(1 - mask).masked_fill(..., finfo.min)`: anything other than exactly 1 counts as masked)."""
     keep = xp.asarray(attention_mask) == 1
-    return xp.where(keep, 0.0, xp.finfo(dtype).min).astype(dtype)
+    return xp.where(keep, 0.0, finfo(dtype).min).astype(dtype)

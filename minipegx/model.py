@@ -56,6 +56,7 @@ class PegasusX:
     dtype: str = "float32"
     generation_config: dict = field(default_factory=dict)
     path: str | None = None
+    check_finite: bool | None = None  # inf/NaN check after every layer; None: on under fp16/bf16
 
     @property
     def xp(self):
@@ -75,7 +76,7 @@ class PegasusX:
         input_ids, attention_mask, inputs_embeds = check_encoder_inputs(self, input_ids, attention_mask,
                                                                         inputs_embeds)
         h, hs, att = encoder(self.params["model"], self.config, input_ids, attention_mask, inputs_embeds,
-                             output_attentions, output_hidden_states, trace)
+                             output_attentions, output_hidden_states, trace, self.check_finite)
         return EncoderOutput(h, hs, att)
 
     def generate(self, input_ids, attention_mask=None, **options):
@@ -252,7 +253,7 @@ def forward(model, input_ids=None, attention_mask=None, decoder_input_ids=None, 
 
     h, new_caches, dhs, self_probs, cross_probs = decoder(
         params, cfg, kvs, cross_mask, decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask,
-        caches, output_hidden_states, trace)
+        caches, output_hidden_states, trace, model.check_finite)
     logits = linear(h, model.lm_head_weight)                                   # [B*R, S, V]
     record(trace, "lm_head", logits)
 
@@ -287,7 +288,9 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     """Load a Hugging Face PEGASUS-X checkpoint directory (config.json + model.safetensors, sharded
     safetensors or pytorch_model.bin), weights moved to `backend` ('numpy' | 'cupy') once, in `dtype`.
 
-    path=None loads the bundled demo model."""
+    path=None loads the bundled demo model. dtype: 'float32' | 'float16' | 'bfloat16', the compute dtype
+    (docs/precision.md). quantize: None | 'int8' | 'nf4', weight-only quantization of every linear layer
+    (quantize.py); a directory written by quantize.save_quantized loads quantized as saved."""
     from .checkpoint import load_params
 
     if path is None:
@@ -296,12 +299,28 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     xp = B_.get_backend(backend)
     compute = B_.resolve_dtype(dtype, xp)
     config = PegasusXConfig.from_json_file(path)
-    params = load_params(path, config)
-    if quantize is not None:
-        from .quantize import quantize_params
-        params = quantize_params(params, quantize)
-    # Move every weight to the backend once; floating weights in the compute dtype.
-    params = B_.tree_map(lambda a: B_.to_device(a, xp, compute if a.dtype.kind == "f" else None), params)
+    from .precision import assert_weights_fit
+    from .quantize import check_mode, is_quantized, load_quantized, quantize_params, read_quant_config
+
+    saved = read_quant_config(path)
+    if saved is not None:  # written by quantize.save_quantized
+        if quantize not in (None, saved):
+            from .errors import ConfigError
+            raise ConfigError(f"{path} holds {saved}-quantized weights; load it with quantize=None or "
+                              f"{saved!r} (re-quantizing quantized weights would add a second rounding)")
+        params = load_quantized(path, config)
+    else:
+        params = load_params(path, config)
+        if quantize is not None:
+            params = quantize_params(params, check_mode(quantize))
+
+    def place(a):  # every weight to the backend once; floating weights in the compute dtype
+        if is_quantized(a):  # int8/nf4 container: codes and float32 scales as they are
+            return a.to_device(xp)
+        return B_.to_device(a, xp, compute if B_.is_floating(a.dtype) else None)
+
+    params = B_.tree_map(place, params)
+    assert_weights_fit(params, compute)  # float16 has no inf-free cast for weights past 65504
     gen = {}
     gpath = os.path.join(path, "generation_config.json")
     if os.path.isfile(gpath):

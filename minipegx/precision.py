@@ -1,0 +1,95 @@
+"""minipegx's mixed-precision rules, in one place (docs/precision.md explains and measures them).
+
+float32, the default: nothing here changes a float32 result (every helper is the plain operation).
+
+float16 / bfloat16, the "compute dtype": weights (unless quantized) and activations are stored in it, and
+  * matmuls multiply compute-dtype operands, accumulate in float32 and round the result once, as GPU
+    tensor cores do. NumPy has no fp16/bf16 GEMM, so the operands are widened for BLAS; the product of
+    two fp16 or bf16 numbers is exact in float32, so the arithmetic is the same;
+  * layer norm, softmax and activations compute in float32 and round their outputs (layers.py);
+  * the residual stream, the running sum of every sub-block's output over all layers, stays in float32.
+    It is the accumulation that overflows float16 in the PEGASUS family (it grows layer after layer;
+    the reference family clamps it to finfo.max - 1000 instead, which changes the values it clamps);
+    a float32 copy of [B, T, M] is small next to the weights;
+  * everything else a layer computes is normalized first (pre-LayerNorm), so it is bounded by the
+    weights. Should a sub-block output still pass 65504 it becomes inf, and the check after every
+    layer (`check_finite`, on by default under fp16/bf16) raises NumericalError naming that layer:
+    an overflow is reported, never clamped silently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import array_module
+from .errors import NumericalError
+
+ACCUMULATE = np.dtype("float32")  # matmul accumulators, norm/softmax statistics, the residual stream
+
+
+def is_low_precision(dtype) -> bool:
+    """True for float16 and bfloat16 (2-byte floats); False for float32/float64 and integer dtypes."""
+    dtype = np.dtype(dtype)
+    return dtype.itemsize == 2 and (dtype.kind == "f" or dtype.name == "bfloat16")
+
+
+def round_to(y, dtype):
+    """Round a float32 result to `dtype` (to nearest even; beyond +-65504 float16 gives inf, which the
+    layer check reports). No copy when y already has that dtype."""
+    dtype = np.dtype(dtype)
+    if y.dtype == dtype:
+        return y
+    with np.errstate(over="ignore"):       # reported by assert_finite with the layer's name instead
+        return y.astype(dtype)
+
+
+def matmul(a, b):
+    """a @ b. With a float16/bfloat16 operand: float32 accumulation, the result rounded to that dtype.
+
+    On CuPy a float16 product stays native (cuBLAS accumulates fp16 GEMMs in float32)."""
+    low = a.dtype if is_low_precision(a.dtype) else b.dtype if is_low_precision(b.dtype) else None
+    if low is None:
+        return a @ b                       # float32 / float64: unchanged
+    xp = array_module(a)
+    if xp is not np and a.dtype == b.dtype == np.float16:
+        return a @ b
+    return round_to(a.astype(ACCUMULATE) @ b.astype(ACCUMULATE), low)
+
+
+def residual(x):
+    """The residual stream's copy of x: float32 when x is float16/bfloat16, else x itself (no copy)."""
+    return x.astype(ACCUMULATE) if is_low_precision(x.dtype) else x
+
+
+def checks_on(check_finite, dtype) -> bool:
+    """check_finite=None means: check under float16/bfloat16, not under float32 (see docs/precision.md)."""
+    return is_low_precision(dtype) if check_finite is None else bool(check_finite)
+
+
+def assert_finite(x, name, dtype):
+    """Raise NumericalError if x (a residual stream after a layer) holds inf or NaN, naming the layer."""
+    xp = array_module(x)
+    if bool(xp.isfinite(x).all()):
+        return
+    bad = int(x.size - int(xp.count_nonzero(xp.isfinite(x))))
+    nan = int(xp.count_nonzero(xp.isnan(x)))
+    advice = ("a value in this layer passed float16's largest, 65504 (or a weight or input is not finite); "
+              "use dtype='bfloat16' (float32's range at bfloat16's cost) or dtype='float32'"
+              if np.dtype(dtype) == np.float16 else
+              "check the inputs (inputs_embeds?) and the weights; minipegx.checkpoint.load_params validates a "
+              "checkpoint's values, but weights changed after loading are not checked")
+    raise NumericalError(f"inf or NaN first appeared in {name}: {bad} of {x.size} values ({nan} NaN) while "
+                         f"computing in {np.dtype(dtype).name}; {advice}")
+
+
+def assert_weights_fit(params, dtype):
+    """At load: a weight whose values pass float16's range would become inf silently when cast; name it."""
+    if np.dtype(dtype) != np.float16:
+        return
+    from .checkpoint import flatten_params
+
+    bad = [name for name, a in flatten_params(params).items()
+           if getattr(a, "dtype", None) == np.float16 and not bool(array_module(a).isfinite(a).all())]
+    if bad:
+        raise NumericalError(f"{len(bad)} weight(s) hold values beyond float16's range (+-65504), e.g. {bad[0]}; "
+                             "load with dtype='bfloat16' (float32's range) or dtype='float32'")

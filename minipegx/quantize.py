@@ -1,0 +1,298 @@
+"""Weight-only quantization: int8 (one scale per output channel) and NF4 (4-bit, block-wise).
+
+Every linear weight -- attention q/k/v/out projections and fc1/fc2 of every encoder and decoder layer --
+is replaced by a small container of arrays; `layers.linear` dequantizes it on the fly (to float32, inside
+the matmul), so activations keep the compute dtype and no float copy of the weights stays in memory.
+
+* int8 (per output channel, symmetric): W[o] ~= q[o] * scale[o], scale = absmax(W[o]) / 127,
+  q = round(W / scale) in [-127, 127]. Error per value at most scale[o] / 2. This is the row-wise absmax
+  scheme of bitsandbytes' LLM.int8() weights (without its fp16 outlier decomposition of activations).
+* nf4 (block-wise, as bitsandbytes' `quant_type="nf4"`): the tensor is flattened, cut into blocks of 64
+  values, each block is divided by its absmax and each value replaced by the index of the nearest of the
+  16 NormalFloat levels (QLoRA, Dettmers et al. 2023: quantiles of N(0, 1) scaled to [-1, 1], with an
+  exact 0); two indices per byte, the first in the high nibble as bitsandbytes packs them. Dequantized:
+  NF4[index] * absmax. 4 bits + a float32 absmax per 64 values = 4.5 bits per weight (no double
+  quantization of the absmax, which would bring it to ~4.127).
+
+Not quantized: the token embedding, which is also the tied LM head, and the global-token embedding,
+biases and layer norms. bitsandbytes and transformers' integration leave embeddings and `lm_head` in full
+precision too: the output layer's errors move the logits directly, and a row lookup gains nothing from
+a matmul kernel. They stay in the compute dtype (so dtype="bfloat16" with quantize="nf4" halves them).
+
+Saved form (`save_quantized`): model.safetensors with, for each quantized weight `<name>`, the tensors
+`<name>.qweight` (int8 [O, I] or packed uint8 [n/2]) and `<name>.scale` (float32 [O]) or `<name>.absmax`
+(float32 [n/64]); quantization_config.json says the mode. `from_pretrained` recognises such a directory.
+Shape legend: O output features, I input features.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import array_module, to_device, to_numpy
+from .errors import CheckpointError, ConfigError
+
+MODES = ("int8", "nf4")
+NF4_BLOCK = 64
+QUANT_CONFIG = "quantization_config.json"
+FORMAT_VERSION = 1
+
+# bitsandbytes' NF4 code book (functional.get_4bit_type("nf4")): index 7 is the exact zero.
+NF4_CODE = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                     -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+                     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=np.float32)
+_NF4_MIDPOINTS = (NF4_CODE[1:] + NF4_CODE[:-1]) / 2    # value v maps to searchsorted(midpoints, v)
+
+LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+@dataclass
+class Int8Weight:
+    """W [O, I] ~= q * scale[:, None]."""
+    q: object          # [O, I] int8
+    scale: object      # [O] float32
+
+    @property
+    def shape(self):
+        return tuple(self.q.shape)
+
+    @property
+    def nbytes(self):
+        return int(self.q.nbytes + self.scale.nbytes)
+
+    def dequantize(self, dtype=np.float32):
+        return (self.q.astype(np.float32) * self.scale[:, None]).astype(dtype, copy=False)   # [O, I]
+
+    def tensors(self):
+        return {"qweight": self.q, "scale": self.scale}
+
+    def to_device(self, xp):
+        return Int8Weight(to_device(self.q, xp), to_device(self.scale, xp))
+
+
+@dataclass
+class NF4Weight:
+    """W ~= NF4_CODE[index] * absmax[block], 64 consecutive values (of the flattened W) per block."""
+    packed: object     # [n_padded / 2] uint8: two code indices per byte, the first in the high nibble
+    absmax: object     # [n_padded / 64] float32
+    shape: tuple       # the weight's own shape, [O, I]
+    block_size: int = NF4_BLOCK
+
+    @property
+    def nbytes(self):
+        return int(self.packed.nbytes + self.absmax.nbytes)
+
+    def indices(self):
+        """The code index of every (padded) value: [n_padded] uint8 in [0, 16)."""
+        xp = array_module(self.packed)
+        return xp.stack([self.packed >> 4, self.packed & 0x0F], axis=-1).reshape(-1)
+
+    def dequantize(self, dtype=np.float32):
+        xp = array_module(self.packed)
+        code = xp.asarray(NF4_CODE)
+        blocks = code[self.indices()].reshape(-1, self.block_size) * self.absmax[:, None]  # [n_blocks, 64]
+        n = int(np.prod(self.shape))
+        return blocks.reshape(-1)[:n].reshape(self.shape).astype(dtype, copy=False)
+
+    def tensors(self):
+        return {"qweight": self.packed, "absmax": self.absmax}
+
+    def to_device(self, xp):
+        return NF4Weight(to_device(self.packed, xp), to_device(self.absmax, xp), self.shape, self.block_size)
+
+
+QUANTIZED = (Int8Weight, NF4Weight)
+
+
+def is_quantized(w) -> bool:
+    return isinstance(w, QUANTIZED)
+
+
+def dequantize(w, dtype=np.float32):
+    """A float array from a quantized container (a plain array passes through, cast to dtype)."""
+    return w.dequantize(dtype) if is_quantized(w) else w.astype(dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------- quantizers
+def quantize_int8(w) -> Int8Weight:
+    """Symmetric int8 with one scale per output channel (row): scale = absmax / 127."""
+    w = to_numpy(w).astype(np.float32)                                  # [O, I]
+    absmax = np.abs(w).max(axis=1)                                      # [O]
+    scale = (absmax / 127.0).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0).astype(np.float32)          # an all-zero row stays zero
+    q = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
+    return Int8Weight(q, scale)
+
+
+def quantize_nf4(w, block_size=NF4_BLOCK) -> NF4Weight:
+    """bitsandbytes-style NF4: absmax per block of `block_size` consecutive values, nearest code."""
+    w = to_numpy(w).astype(np.float32)
+    flat = w.reshape(-1)
+    pad = (-flat.size) % block_size
+    if pad % 2:  # pragma: no cover - block_size is even
+        raise ConfigError("nf4 block_size must be even (two values per byte)")
+    blocks = np.concatenate([flat, np.zeros(pad, np.float32)]).reshape(-1, block_size)  # [n_blocks, 64]
+    absmax = np.abs(blocks).max(axis=1).astype(np.float32)                               # [n_blocks]
+    safe = np.where(absmax > 0, absmax, 1.0).astype(np.float32)
+    idx = np.searchsorted(_NF4_MIDPOINTS, (blocks / safe[:, None]).reshape(-1)).astype(np.uint8)
+    packed = (idx[0::2] << 4) | idx[1::2]
+    return NF4Weight(packed.astype(np.uint8), absmax, tuple(w.shape), block_size)
+
+
+QUANTIZERS = {"int8": quantize_int8, "nf4": quantize_nf4}
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ConfigError(f"unknown quantize={mode!r}: choose None (no quantization), 'int8' or 'nf4'")
+    return mode
+
+
+def linear_weight_names(params):
+    """(parent dict, key) of every linear weight in a params tree: attention projections and fc1/fc2."""
+    out = []
+    model = params["model"]
+    for part in ("encoder", "decoder"):
+        for layer in model[part]["layers"]:
+            for attn in ("self_attn", "encoder_attn"):
+                if attn in layer:
+                    out += [(layer[attn][n], "weight") for n in LINEAR_NAMES[:4]]
+            out += [(layer[n], "weight") for n in ("fc1", "fc2")]
+    return out
+
+
+def quantize_params(params, mode):
+    """A copy of the params tree with every linear weight quantized (embeddings, LM head, norms, biases
+    unchanged). The tree is copied dict by dict, so the caller's tree is left as it was."""
+    check_mode(mode)
+    params = _copy_tree(params)
+    for parent, key in linear_weight_names(params):
+        if not is_quantized(parent[key]):
+            parent[key] = QUANTIZERS[mode](parent[key])
+    return params
+
+
+def _copy_tree(tree):
+    if isinstance(tree, dict):
+        return {k: _copy_tree(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_copy_tree(v) for v in tree]
+    return tree
+
+
+def weight_bytes(params) -> int:
+    """Bytes held by every parameter (quantized containers count their packed arrays and scales)."""
+    from .checkpoint import flatten_params
+
+    return sum(int(v.nbytes) for v in flatten_params(params).values())
+
+
+def quantization_mode(params):
+    """'int8', 'nf4' or None, from the containers in a params tree."""
+    kinds = {type(parent[key]) for parent, key in linear_weight_names(params)}
+    return "int8" if Int8Weight in kinds else "nf4" if NF4Weight in kinds else None
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+def save_quantized(model, directory) -> str:
+    """Write a quantized model: config.json, generation_config.json, model.safetensors (packed tensors,
+    unquantized tensors in float32) and quantization_config.json; tokenizer files are copied along when
+    the model was loaded from a directory that has them. Returns the directory."""
+    from .checkpoint import flatten_params, save_params
+
+    mode = quantization_mode(model.params)
+    if mode is None:
+        raise ConfigError("the model holds no quantized weights; load it with quantize='int8' or 'nf4' first "
+                          "(a float model is saved with minipegx.checkpoint.save_params)")
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    flat = {}
+    for name, v in flatten_params(model.params).items():
+        if is_quantized(v):
+            flat.update({f"{name}.{k}": a for k, a in v.tensors().items()})
+        else:
+            flat[name] = to_numpy(v).astype(np.float32)      # bf16 has no safetensors.numpy dtype
+    save_params(flat, directory, metadata={"quantization": mode})
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump({"model_type": "pegasus_x", **model.config.to_dict()}, f, indent=2)
+    if model.generation_config:
+        with open(os.path.join(directory, "generation_config.json"), "w", encoding="utf-8") as f:
+            json.dump(model.generation_config, f, indent=2)
+    with open(os.path.join(directory, QUANT_CONFIG), "w", encoding="utf-8") as f:
+        json.dump({"quant_method": "minipegx", "mode": mode, "block_size": NF4_BLOCK if mode == "nf4" else None,
+                   "format_version": FORMAT_VERSION,
+                   "not_quantized": "embeddings (tied LM head), global tokens, biases, layer norms"}, f, indent=2)
+    for name in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"):
+        src = os.path.join(model.path, name) if model.path else None
+        if src and os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(directory, name)):
+            shutil.copyfile(src, os.path.join(directory, name))
+    return directory
+
+
+def read_quant_config(path):
+    """The quantization mode of a directory written by save_quantized, or None for a plain checkpoint."""
+    file = os.path.join(os.fspath(path), QUANT_CONFIG)
+    if not os.path.isfile(file):
+        return None
+    try:
+        with open(file, encoding="utf-8") as f:
+            qc = json.load(f)
+        mode = qc["mode"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{file} is not a minipegx quantization config ({e}); re-save the model") from e
+    if qc.get("quant_method") != "minipegx" or mode not in MODES or qc.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{file} describes {qc.get('quant_method')!r} {mode!r} version "
+                              f"{qc.get('format_version')!r}; minipegx reads its own int8/nf4 format, version "
+                              f"{FORMAT_VERSION}")
+    return mode
+
+
+def load_quantized(path, config):
+    """The params tree (NumPy arrays and containers) of a directory written by save_quantized."""
+    from .checkpoint import expected_shapes, read_state_dict, unflatten_params
+
+    mode = read_quant_config(path)
+    flat = dict(read_state_dict(os.fspath(path)))
+    shapes = expected_shapes(config)
+    out, problems = {}, []
+    for name, shape in shapes.items():
+        parts = {k: flat.pop(f"{name}.{k}") for k in ("qweight", "scale", "absmax") if f"{name}.{k}" in flat}
+        if parts:
+            w = _container(mode, parts, shape)
+            if w is None:
+                problems.append(f"{name}: quantized tensors {sorted(parts)} do not fit {mode} of shape {list(shape)}")
+            out[name] = w
+        elif name in flat:
+            x = flat.pop(name)
+            if tuple(x.shape) != shape:
+                problems.append(f"{name}: expected shape {list(shape)}, found {list(x.shape)}")
+            elif not np.isfinite(x).all():
+                problems.append(f"{name} holds NaN or inf")
+            out[name] = x
+        else:
+            problems.append(f"missing {name}")
+    problems += [f"unexpected {name}" for name in flat]
+    if problems:
+        raise CheckpointError(f"{path} is not a valid {mode} checkpoint for its config.json:\n  "
+                              + "\n  ".join(problems[:10]))
+    return unflatten_params(out)
+
+
+def _container(mode, parts, shape):
+    n = int(np.prod(shape))
+    q = parts.get("qweight")
+    if mode == "int8" and set(parts) == {"qweight", "scale"} and q.dtype == np.int8 and tuple(q.shape) == shape \
+            and tuple(parts["scale"].shape) == shape[:1] and np.isfinite(parts["scale"]).all():
+        return Int8Weight(q, parts["scale"].astype(np.float32))
+    n_blocks = -(-n // NF4_BLOCK)
+    if mode == "nf4" and set(parts) == {"qweight", "absmax"} and q.dtype == np.uint8 \
+            and tuple(q.shape) == (n_blocks * NF4_BLOCK // 2,) and tuple(parts["absmax"].shape) == (n_blocks,) \
+            and np.isfinite(parts["absmax"]).all():
+        return NF4Weight(q, parts["absmax"].astype(np.float32), tuple(shape))
+    return None
