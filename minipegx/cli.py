@@ -15,24 +15,20 @@ from .errors import MiniPegxError
 EXIT_USAGE, EXIT_ERROR = 2, 1
 
 
-def positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
-    return v
+def int_at_least(lo):
+    """An argparse type: a whole number >= lo, with a one-line message otherwise."""
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {v}")
+        return v
+    return parse
 
 
-def non_negative_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
+positive_int, non_negative_int = int_at_least(1), int_at_least(0)
 
 
 def number(s):
