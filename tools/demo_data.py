@@ -117,7 +117,7 @@ def make_example(rng: random.Random, n_tokens: int, n_facts: int | None = None) 
         n_facts = rng.randint(3, 5)
     n_words = max(60, int(n_tokens / TOKENS_PER_WORD))
     sentences, words = [], 0
-    while words < n_words:
+    while words < n_words or len(sentences) < n_facts + 2:
         s = _filler_sentence(rng)
         sentences.append(s)
         words += len(s.split())
