@@ -1103,8 +1103,9 @@ for T in (512, 1024, 2048):
 
 `viz.plot_cost` draws the FLOPs and memory of both encoders against length (log-log), and — given
 the measured times — fits one FLOP rate to them and predicts the time of both. PEGASUS-X's line has
-slope 1 (linear in T); full attention's bends to slope 2 once the T² attention term dominates the
-projections and FFN (around T ≈ a few × M for this small model; later for real models, M = 768–1024).
+slope 1 (linear in T); full attention's bends to slope 2 once its attention, 4·T²·M FLOPs per layer,
+outgrows the projections and the FFN, 8·T·M² + 4·T·M·F: beyond T ≈ 2M + F, which is 512 tokens for
+this small model and about 4 600 for `pegasus-x-base` (M = 768, F = 3072).
 """),
     code("""
 viz.plot_cost(cfg, [256, 512] + lengths + [32768], measured=measured)
@@ -1122,8 +1123,9 @@ What to take away:
 
 * the encoder's time and its attention memory grow **linearly** with the input: 16× the tokens costs
   about 16× the time (plus a little: padding to whole blocks and the staggered layers' extra block);
-* full attention's memory grows with T²: the probabilities of one layer at 16k tokens are 4 GiB here
-  and 16 GiB for `pegasus-x-base` (H = 12… 16 heads), which is why PEGASUS-X exists;
+* full attention's memory grows with T²: the probabilities of one layer at 16k tokens, H · T² floats,
+  are 4 GiB here (H = 4), 12 GiB for `pegasus-x-base` (H = 12) and 16 GiB for `-large` (H = 16) —
+  which is why PEGASUS-X exists;
 * the decoder is not in these numbers: it reads the encoder's T tokens through cross-attention,
   O(S · T) per summary of S tokens, with keys and values computed once per input.
 
