@@ -18,8 +18,13 @@ def attention(q, k, v, mask):
     """softmax(q k^T * D^-1/2 + mask) v. The decoder scales the scores after the product, as the
     reference's eager_attention_forward does (the encoder pre-scales its queries instead).
 
-    q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L]."""
-    s = matmul(q, k.swapaxes(-1, -2)) * q.shape[-1] ** -0.5      # [..., S, L]
+    q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L].
+    The scores are computed as (k q^T)^T: with the keys as the left operand BLAS streams them once, which
+    is what a decoding step (S = 1, L up to 16k encoder tokens) is made of (~4x faster in OpenBLAS than
+    q k^T, where the long operand is packed on the right). Made contiguous again for the softmax."""
+    xp = array_module(q)
+    s = xp.ascontiguousarray(matmul(k, q.swapaxes(-1, -2)).swapaxes(-1, -2))  # [..., L, D] @ [..., D, S] -> [..., S, L]
+    s *= q.shape[-1] ** -0.5
     if mask is not None:
         s += mask
     probs = softmax(s)                                           # [..., S, L]
@@ -42,9 +47,12 @@ def self_attention(x, p, num_heads, mask, cache=None):
 
 def cross_kv(encoder_hidden, p, num_heads):
     """Keys and values of the encoder tokens for one decoder layer, computed once per input:
-    [B, T, M] -> two [B, H, T, D]. Beams of the same input share them (never copied per beam)."""
-    return (split_heads(linear(encoder_hidden, p["k_proj"]["weight"]), num_heads),
-            split_heads(linear(encoder_hidden, p["v_proj"]["weight"]), num_heads))
+    [B, T, M] -> two [B, H, T, D]. Beams of the same input share them (never copied per beam).
+    Stored contiguous, head after head: every decoding step reads each head's [T, D] keys and values
+    whole, and reads them ~2x faster as one block than as D-wide strips of [T, M] rows."""
+    xp = array_module(encoder_hidden)
+    return (xp.ascontiguousarray(split_heads(linear(encoder_hidden, p["k_proj"]["weight"]), num_heads)),
+            xp.ascontiguousarray(split_heads(linear(encoder_hidden, p["v_proj"]["weight"]), num_heads)))
 
 
 def cross_attention(x, kv, p, num_heads, mask):

@@ -10,9 +10,19 @@ H heads, D head dim, M d_model.
 from __future__ import annotations
 
 from .backend import array_module, finfo
-from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, merge_heads, record,
+from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, record,
                      sinusoidal_positions, softmax, split_heads)
 from .precision import assert_finite, checks_on, matmul, residual
+
+
+def attend(q, k, v, mask):
+    """softmax(q k^T + mask) v for queries already scaled by D^-1/2 (the encoder scales its queries, as the
+    reference does). q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L].
+    Returns the output [..., S, D] and the probabilities [..., S, L]."""
+    s = matmul(q, k.swapaxes(-1, -2))                            # [..., S, D] @ [..., D, L] -> [..., S, L]
+    s += mask
+    probs = softmax(s)                                           # [..., S, L]
+    return matmul(probs, v), probs                               # [..., S, L] @ [..., L, D] -> [..., S, D]
 
 
 def global_local_attention(x, g, mask, p, num_heads, block_size):
@@ -29,37 +39,43 @@ def global_local_attention(x, g, mask, p, num_heads, block_size):
     N, D = P // K, M // H
     w = {name: p[name]["weight"] for name in ("q_proj", "k_proj", "v_proj", "out_proj")}
 
-    # Queries are pre-scaled by D^-1/2, as the reference does (q_proj(x) * scaling).
-    q = split_heads(linear(x, w["q_proj"]) * D ** -0.5, H)       # [B, H, P, D]
-    k = split_heads(linear(x, w["k_proj"]), H)                   # [B, H, P, D]
-    v = split_heads(linear(x, w["v_proj"]), H)                   # [B, H, P, D]
-    gq = split_heads(linear(g, w["q_proj"]) * D ** -0.5, H)      # [B, H, G, D]
-    gk = split_heads(linear(g, w["k_proj"]), H)                  # [B, H, G, D]
-    gv = split_heads(linear(g, w["v_proj"]), H)                  # [B, H, G, D]
+    # Tokens and global tokens share the projections: project them together, globals first (the order of
+    # the global tokens' keys), as one [G+P, M] @ [M, M] product each. Queries are pre-scaled by D^-1/2,
+    # as the reference does (q_proj(x) * scaling).
+    both = xp.concatenate([g, x], axis=1)                        # [B, G+P, M]
+    q = split_heads(linear(both, w["q_proj"]), H)                # [B, H, G+P, D]
+    q *= D ** -0.5                                               # in place: q is our own
+    k = split_heads(linear(both, w["k_proj"]), H)                # [B, H, G+P, D]
+    v = split_heads(linear(both, w["v_proj"]), H)                # [B, H, G+P, D]
+    # The attention outputs, globals first, stored as [B, G+P, H, D] (merged heads' layout, so merging them
+    # for out_proj is free) and written through the per-head view [B, H, G+P, D].
+    out = xp.empty((B, G + P, H, D), q.dtype)                    # [B, G+P, H, D]
+    heads_out = out.transpose(0, 2, 1, 3)                        # [B, H, G+P, D] view
 
     # Global tokens see every global token and every (unmasked) token.
     global_mask = xp.concatenate([xp.zeros((B, G), mask.dtype), mask], axis=1)  # [B, G+P]
-    s = xp.concatenate([matmul(gq, gk.swapaxes(-1, -2)),         # [B, H, G, G]
-                        matmul(gq, k.swapaxes(-1, -2))], axis=-1)  # [B, H, G, P] -> [B, H, G, G+P]
-    global_probs = softmax(s + global_mask[:, None, None, :])    # [B, H, G, G+P]
-    g_out = matmul(global_probs[..., :G], gv) + matmul(global_probs[..., G:], v)  # [B, H, G, D]
+    heads_out[:, :, :G], global_probs = attend(q[:, :, :G], k, v, global_mask[:, None, None, :])  # [B, H, G, D], [B, H, G, G+P]
 
-    # Each block of K tokens sees the G global tokens and its own block.
-    qb = q.reshape(B, H, N, K, D)                                # [B, H, N, K, D]
-    kb = k.reshape(B, H, N, K, D)
-    vb = v.reshape(B, H, N, K, D)
+    # Each block of K tokens sees the G global tokens and its own block: its keys are the G global keys
+    # followed by its own K keys, so a block's scores are one [K, D] @ [D, G+K] product. Block by block,
+    # a block's scores [B, H, K, G+K] stay in cache from the product through the softmax to the values,
+    # where all blocks' scores at once ([B, H, N, K, G+K], 0.5 GB at 16k tokens) would go through memory
+    # four times.
+    qb = q[:, :, G:].reshape(B, H, N, K, D)                      # [B, H, N, K, D]
+    kb = k[:, :, G:].reshape(B, H, N, K, D)
+    vb = v[:, :, G:].reshape(B, H, N, K, D)
+    ob = heads_out[:, :, G:].reshape(B, H, N, K, D)              # a view: blocks write their outputs into out
     local_mask = xp.concatenate([xp.zeros((B, N, G), mask.dtype),
                                  mask.reshape(B, N, K)], axis=-1)  # [B, N, G+K]
-    s = xp.concatenate([matmul(q, gk.swapaxes(-1, -2)).reshape(B, H, N, K, G),  # [B, H, P, G] -> [B, H, N, K, G]
-                        matmul(qb, kb.swapaxes(-1, -2))], axis=-1)  # [B, H, N, K, K] -> [B, H, N, K, G+K]
-    s += local_mask[:, None, :, None, :]
-    local_probs = softmax(s)                                     # [B, H, N, K, G+K]
-    to_global = matmul(local_probs[..., :G].reshape(B, H, P, G), gv)  # [B, H, P, G] @ [B, H, G, D] -> [B, H, P, D]
-    to_block = matmul(local_probs[..., G:], vb).reshape(B, H, P, D)   # [B, H, N, K, K] @ [B, H, N, K, D]
-    t_out = to_global + to_block                                 # [B, H, P, D]
+    local_probs = xp.empty((B, H, N, K, G + K), q.dtype)         # [B, H, N, K, G+K]
+    for n in range(N):
+        block_keys = xp.concatenate([k[:, :, :G], kb[:, :, n]], axis=2)    # [B, H, G+K, D]
+        block_values = xp.concatenate([v[:, :, :G], vb[:, :, n]], axis=2)  # [B, H, G+K, D]
+        ob[:, :, n], local_probs[:, :, n] = attend(qb[:, :, n], block_keys, block_values,
+                                                   local_mask[:, None, n, None, :])  # [B, H, K, D], [B, H, K, G+K]
 
-    t_out = linear(merge_heads(t_out), w["out_proj"])            # [B, P, M]
-    g_out = linear(merge_heads(g_out), w["out_proj"])            # [B, G, M]
+    out = linear(out.reshape(B, G + P, M), w["out_proj"])        # [B, G+P, H, D] -> [B, G+P, M] -> [B, G+P, M]
+    g_out, t_out = out[:, :G], out[:, G:]                        # [B, G, M], [B, P, M]
     return t_out, g_out, {"local": local_probs, "global": global_probs}
 
 

@@ -37,7 +37,10 @@ def linear(x, w, b=None):
         if b is not None:
             y += b
         return round_to(y, rows.dtype).reshape(*x.shape[:-1], y.shape[-1])
-    y = rows @ w.T                             # [R, I] @ [I, O] -> [R, O]
+    if rows.shape[0] <= 16:  # a decoding step's few rows: W as the left operand, so BLAS streams it once
+        y = (w @ rows.T).T                     # [O, I] @ [I, R] -> [O, R] -> [R, O] (~2x faster in OpenBLAS)
+    else:
+        y = rows @ w.T                         # [R, I] @ [I, O] -> [R, O]
     if b is not None:
         y += b
     return y.reshape(*x.shape[:-1], w.shape[0])  # [..., O]
@@ -52,10 +55,12 @@ def layer_norm(x, p, eps=LAYER_NORM_EPS):
     if is_low_precision(x.dtype) or is_low_precision(p["weight"].dtype):
         y = layer_norm(x.astype(ACCUMULATE), {k: v.astype(ACCUMULATE) for k, v in p.items()}, eps)
         return round_to(y, p["weight"].dtype)
-    mean = x.mean(axis=-1, keepdims=True)      # [..., 1]
-    centered = x - mean
-    var = (centered * centered).mean(axis=-1, keepdims=True)
-    return centered / xp.sqrt(var + eps) * p["weight"] + p["bias"]
+    y = x - x.mean(axis=-1, keepdims=True)     # [..., M] centered; a new array, so the rest is in place
+    var = (y * y).mean(axis=-1, keepdims=True)  # [..., 1]
+    y /= xp.sqrt(var + eps)
+    y *= p["weight"]
+    y += p["bias"]
+    return y
 
 
 def erf(x):
@@ -100,6 +105,8 @@ def ffn(x, p, act):
     h = linear(x, p["fc1"]["weight"], p["fc1"]["bias"])                    # [..., F]
     if is_low_precision(h.dtype):  # float16/bfloat16: the activation in float32, rounded back
         h = round_to(ACTIVATIONS[act](h.astype(ACCUMULATE)), h.dtype)
+    elif act == "relu":  # in place: h is our own, and a second [T, F] array (200 MB at 16k tokens) costs
+        array_module(h).maximum(h, 0, out=h)  # more to allocate than the relu itself
     else:
         h = ACTIVATIONS[act](h)
     return linear(h, p["fc2"]["weight"], p["fc2"]["bias"])                 # [..., M]

@@ -1,0 +1,505 @@
+#!/usr/bin/env python
+"""minipegx against transformers, side by side, in one run, on one machine, with one thread count.
+
+    python benchmarks/bench.py                      # the full CPU run (pegasus-x-base shape), ~15 min on 2 cores
+    python benchmarks/bench.py --quick              # smaller lengths, a few minutes
+    python benchmarks/bench.py --shape toy --quick  # seconds: the smoke test's path
+    python benchmarks/bench.py --backend cupy --device cuda --shape large   # on a GPU (CuPy + torch CUDA)
+
+What it measures, for both libraries, on the same random weights (normal(0, 0.02), the reference's init std):
+  * encoder forward at 1k, 4k and 16k tokens;
+  * beam search, 4 beams, 32 new tokens (forced: min_new_tokens = max_new_tokens), on 1k and 16k tokens:
+    total time and the time per decoding step (the median of the intervals between steps 2..32, so it
+    leaves out the encoder and the first step, which computes the cross-attention keys/values);
+  * the peak resident memory of each measurement;
+  * a plain matrix product of the encoder's shapes ([T, M] @ [M, M], [T, M] @ [M, F], [T, F] @ [F, M]) with
+    each library's own BLAS, and the encoder's achieved FLOP rate as a share of it.
+
+Every measurement runs in its own fresh Python process (this file, with --worker), one at a time, so the
+peak resident memory of one library is never polluted by the other's allocations. The thread count is set
+in the worker's environment before NumPy or torch is imported (OPENBLAS/OMP/MKL_NUM_THREADS) and with
+torch.set_num_threads. Peak memory is the process' high-water mark (VmHWM) from just after the model is
+loaded to the end of the measurement, so it holds the weights that are resident and everything the run
+allocates, but not the loader's transient copies; the whole-process figure (ru_maxrss) is recorded too.
+
+The random checkpoint is written once (safetensors + config.json, in a temporary directory) and both
+libraries load it with their own from_pretrained, so neither builds a 96103-word model more than once.
+Results are printed as a table of ratios (minipegx / transformers: below 1 means minipegx is faster or
+smaller) and written as JSON (benchmarks/results/<name>.json by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# pegasus-x-base and -large as their config.json files give them (relu, 128 global tokens, blocks of 512).
+SHAPES = {
+    "base": dict(vocab_size=96103, d_model=768, encoder_layers=12, decoder_layers=12, encoder_attention_heads=12,
+                 decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, block_size=512,
+                 num_global_tokens=128),
+    "large": dict(vocab_size=96103, d_model=1024, encoder_layers=16, decoder_layers=16, encoder_attention_heads=16,
+                  decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096, block_size=512,
+                  num_global_tokens=128),
+    # For the smoke test: every code path in seconds.
+    "toy": dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, block_size=16,
+                num_global_tokens=4),
+}
+COMMON = dict(model_type="pegasus_x", architectures=["PegasusXForConditionalGeneration"], activation_function="relu",
+              max_position_embeddings=16384, scale_embedding=True, stagger_local_blocks=True, dropout=0.0,
+              attention_dropout=0.0, activation_dropout=0.0, pad_token_id=0, eos_token_id=1,
+              decoder_start_token_id=0, forced_eos_token_id=1, tie_word_embeddings=True, use_cache=True,
+              init_std=0.02)
+
+FULL = dict(encoder_lengths=[1024, 4096, 16384], beam_lengths=[1024, 16384], new_tokens=32, beams=4)
+QUICK = dict(encoder_lengths=[1024, 2048], beam_lengths=[1024], new_tokens=8, beams=4)
+TOY_QUICK = dict(encoder_lengths=[64, 128], beam_lengths=[64], new_tokens=4, beams=4)
+
+
+# ============================================================================== the random checkpoint
+def write_checkpoint(shape, directory, seed=0):
+    """config.json + model.safetensors with random weights at `shape`, made with NumPy alone (no torch model)."""
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from minipegx.checkpoint import expected_shapes, save_params
+    from minipegx.config import PegasusXConfig
+
+    config = {**COMMON, **SHAPES[shape]}
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for name, dims in expected_shapes(PegasusXConfig.from_json_file(directory)).items():
+        if "layer_norm" in name:  # LayerNorm: weight 1, bias 0, as initialized
+            flat[name] = np.ones(dims, np.float32) if name.endswith("weight") else np.zeros(dims, np.float32)
+        elif name.endswith("bias"):
+            flat[name] = np.zeros(dims, np.float32)
+        else:
+            flat[name] = rng.standard_normal(dims, dtype=np.float32) * np.float32(COMMON["init_std"])
+    save_params(flat, directory)
+    return config
+
+
+def encoder_flops(config, T):
+    """Multiply-adds x 2 of the encoder's matrix products at T tokens (what both libraries compute).
+
+    Per layer, on P tokens (T padded to whole blocks; one block more in staggered layers) and G globals:
+    q, k, v, out projections of the G+P rows, the FFN of the G+P rows, the global tokens' attention over
+    G+P keys, and each block's attention over its G+K keys. Softmax, norms and the like are not counted."""
+    M, F, H = config["d_model"], config["encoder_ffn_dim"], config["encoder_attention_heads"]
+    G, K, D = config["num_global_tokens"], config["block_size"], M // H
+    P0 = -(-T // K) * K
+    total = 0
+    for i in range(config["encoder_layers"]):
+        P = P0 + (K if config["stagger_local_blocks"] and i % 2 == 1 else 0)
+        rows = G + P
+        total += 2 * rows * M * M * 4                     # q, k, v, out projections
+        total += 2 * rows * M * F * 2                     # fc1, fc2
+        total += 2 * H * G * (G + P) * D * 2              # global tokens: scores and values
+        total += 2 * H * P * (G + K) * D * 2              # blocks: scores and values
+    return total
+
+
+# ============================================================================== measurements (worker side)
+def peak_reset():
+    """Start a new high-water mark of resident memory (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_now():
+    """(current resident bytes, peak resident bytes since the last reset) from /proc/self/status."""
+    rss = hwm = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, hwm
+
+
+class Side:
+    """What a measurement needs from a library: load, encode, generate, synchronize, a matmul, device memory."""
+
+    def __init__(self, name, ckpt, device, threads):
+        self.name, self.device = name, device
+        if name == "minipegx":
+            sys.path.insert(0, ROOT)
+            import minipegx
+
+            self.xp = __import__("cupy") if device == "cuda" else __import__("numpy")
+            self.model = minipegx.from_pretrained(ckpt, backend="cupy" if device == "cuda" else "numpy")
+        else:
+            import torch
+            import transformers
+
+            torch.set_num_threads(threads)
+            self.torch = torch
+            self.model = transformers.PegasusXForConditionalGeneration.from_pretrained(ckpt).eval().to(device)
+
+    def sync(self):
+        if self.device != "cuda":
+            return
+        if self.name == "minipegx":
+            self.xp.cuda.Device().synchronize()
+        else:
+            self.torch.cuda.synchronize()
+
+    def inputs(self, T, vocab, seed=0):
+        import numpy as np
+
+        ids = np.random.default_rng(seed).integers(5, vocab, size=(1, T))
+        mask = np.ones_like(ids)
+        if self.name == "minipegx":
+            return self.xp.asarray(ids), self.xp.asarray(mask)
+        return (self.torch.as_tensor(ids, device=self.device), self.torch.as_tensor(mask, device=self.device))
+
+    def encode(self, ids, mask):
+        if self.name == "minipegx":
+            return self.model.encode(ids, mask).last_hidden_state
+        with self.torch.inference_mode():
+            return self.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    def generate(self, ids, mask, beams, new_tokens, on_step):
+        """Beam search with a forced length; on_step() is called once per decoding step. Returns ids [rows, S]."""
+        opts = dict(num_beams=beams, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+        if self.name == "minipegx":
+            out = self.model.generate(ids, mask, progress=lambda *_: (self.sync(), on_step()), **opts)
+            return self.xp.asnumpy(out) if self.device == "cuda" else out
+        import transformers
+
+        torch = self.torch
+
+        class EveryStep(transformers.StoppingCriteria):  # beam search calls it once per step; never stops
+            def __call__(self, input_ids, scores, **kwargs):
+                on_step()
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                      stopping_criteria=transformers.StoppingCriteriaList([EveryStep()]), **opts)
+        return out.cpu().numpy()
+
+    def matmul_rate(self, shapes, repeat=3):
+        """GFLOP/s of plain [m, k] @ [k, n] products with this side's own BLAS (NumPy/CuPy or torch)."""
+        flops, seconds = 0, 0.0
+        per = {}
+        for (m, k, n), count in shapes:
+            if self.name == "minipegx":
+                rng = self.xp.random.default_rng(0) if self.device != "cuda" else self.xp.random
+                a = rng.standard_normal((m, k), dtype="float32")
+                b = rng.standard_normal((k, n), dtype="float32")
+                run = lambda: a @ b  # noqa: E731
+            else:
+                a = self.torch.randn(m, k, device=self.device)
+                b = self.torch.randn(k, n, device=self.device)
+                run = lambda: a @ b  # noqa: E731
+            run(), self.sync()
+            best = float("inf")
+            for _ in range(repeat):
+                t = time.perf_counter()
+                run()
+                self.sync()
+                best = min(best, time.perf_counter() - t)
+            per[f"{m}x{k}@{k}x{n}"] = 2 * m * k * n / best / 1e9
+            flops += 2 * m * k * n * count
+            seconds += best * count
+        return flops / seconds / 1e9, per
+
+    def device_peak_bytes(self):
+        if self.device != "cuda":
+            return None
+        if self.name == "minipegx":
+            return int(self.xp.get_default_memory_pool().total_bytes())  # the pool keeps what it ever held
+        return int(self.torch.cuda.max_memory_allocated())
+
+    def device_peak_reset(self):
+        if self.device == "cuda" and self.name != "minipegx":
+            self.torch.cuda.reset_peak_memory_stats()
+
+
+def timed(fn, sync, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def worker(jobs):
+    """Measurements of one library in this (fresh) process, one after the other; a list of JSON-able dicts.
+
+    The model is loaded once; before each measurement the peak-memory mark is reset to the current
+    resident size, so each one's peak is its own (in --grouped runs it may include what an earlier
+    measurement of the same library left resident)."""
+    first = jobs[0]
+    side = Side(first["side"], first["ckpt"], first["device"], first["threads"])
+    config = first["config"]
+    results = []
+    for job in jobs:
+        results.append(measure(side, config, job))
+    return results
+
+
+def measure(side, config, job):
+    result = {"side": job["side"], "task": job["task"], "length": job.get("length")}
+    result["rss_before"], _ = memory_now()
+    result["peak_reset"] = peak_reset()
+    side.device_peak_reset()
+
+    if job["task"] == "blas":
+        T, M, F = job["length"], config["d_model"], config["encoder_ffn_dim"]
+        # The encoder's products, weighted as in a layer: four [T, M] @ [M, M], one [T, M] @ [M, F], one [T, F] @ [F, M].
+        rate, per = side.matmul_rate([((T, M, M), 4), ((T, M, F), 1), ((T, F, M), 1)])
+        result.update(gflops=rate, per_shape_gflops=per)
+    elif job["task"] == "encoder":
+        ids, mask = side.inputs(job["length"], config["vocab_size"])
+        side.encode(ids, mask), side.sync()                      # warm-up at the same length
+        times = timed(lambda: side.encode(ids, mask), side.sync, job["repeat"])
+        result.update(times=times, seconds=min(times), median=statistics.median(times),
+                      gflops=encoder_flops(config, job["length"]) / min(times) / 1e9)
+    elif job["task"] == "beam":
+        ids, mask = side.inputs(job["length"], config["vocab_size"])
+        stamps = []
+        t0 = time.perf_counter()
+        seqs = side.generate(ids, mask, job["beams"], job["new_tokens"], lambda: stamps.append(time.perf_counter()))
+        side.sync()
+        total = time.perf_counter() - t0
+        steps = [b - a for a, b in zip(stamps, stamps[1:])]     # steps 2..S: decoding only
+        result.update(seconds=total, steps=len(stamps), first_step_seconds=stamps[0] - t0 if stamps else None,
+                      step_times=steps, per_step=statistics.median(steps) if steps else None,
+                      sequences=[[int(t) for t in row] for row in seqs])
+    rss, hwm = memory_now()
+    result.update(rss_end=rss, peak_rss=hwm if result["peak_reset"] else None,
+                  maxrss_process=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  device_peak_bytes=side.device_peak_bytes())
+    return result
+
+
+# ============================================================================== orchestration (parent side)
+def run_worker(jobs, threads, timeout):
+    """Run jobs (all of one library) in a fresh interpreter with the thread count fixed in its environment."""
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[var] = str(threads)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        load = os.getloadavg()[0]
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(jobs), "--result-file", out.name]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"worker {jobs[0]['side']} {[(j['task'], j.get('length')) for j in jobs]} failed:\n"
+                               f"{proc.stderr[-3000:]}")
+        results = json.load(out)
+    for r in results:
+        r["load_before"] = load
+    return results
+
+
+def machine(args):
+    import numpy as np
+
+    info = dict(platform=platform.platform(), python=platform.python_version(), cpus=os.cpu_count(),
+                threads=args.threads, numpy=np.__version__, backend=args.backend, device=args.device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        cfg = np.show_config(mode="dicts")
+        info["numpy_blas"] = f"{cfg['Build Dependencies']['blas']['name']} {cfg['Build Dependencies']['blas']['version']}"
+    except Exception:  # noqa: BLE001 - only informative
+        pass
+    try:
+        import torch
+        import transformers
+
+        info.update(torch=torch.__version__, transformers=transformers.__version__)
+        if args.device == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001
+        pass
+    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE")
+    return info
+
+
+def ratio(a, b):
+    return None if a is None or b is None or not b else a / b
+
+
+def gib(x):
+    return None if x is None else x / 2**30
+
+
+def summarize(results, config):
+    """The table: one row per figure, minipegx, transformers and their ratio."""
+    by = {(r["side"], r["task"], r["length"]): r for r in results}
+    rows = []
+
+    def row(name, unit, mine, theirs):
+        rows.append(dict(name=name, unit=unit, minipegx=mine, transformers=theirs, ratio=ratio(mine, theirs)))
+
+    mb, tb = (next((r for r in results if r["side"] == s and r["task"] == "blas"), None)
+              for s in ("minipegx", "transformers"))
+    if mb and tb:
+        row("BLAS matmul, encoder shapes", "GFLOP/s", mb["gflops"], tb["gflops"])
+    for L in sorted({r["length"] for r in results if r["task"] == "encoder"}):
+        m, t = by[("minipegx", "encoder", L)], by[("transformers", "encoder", L)]
+        row(f"encoder {L} tokens", "s", m["seconds"], t["seconds"])
+        row(f"encoder {L} tokens", "GFLOP/s", m["gflops"], t["gflops"])
+        if mb and tb:
+            best = max(mb["gflops"], tb["gflops"])
+            row(f"encoder {L} tokens, share of own BLAS", "fraction", m["gflops"] / mb["gflops"],
+                t["gflops"] / tb["gflops"])
+            row(f"encoder {L} tokens, share of best BLAS", "fraction", m["gflops"] / best, t["gflops"] / best)
+        row(f"encoder {L} tokens, peak memory", "GiB", gib(m["peak_rss"] or m["maxrss_process"]),
+            gib(t["peak_rss"] or t["maxrss_process"]))
+    for L in sorted({r["length"] for r in results if r["task"] == "beam"}):
+        m, t = by[("minipegx", "beam", L)], by[("transformers", "beam", L)]
+        row(f"beam search {L} tokens, total", "s", m["seconds"], t["seconds"])
+        row(f"beam search {L} tokens, per decoding step", "s", m["per_step"], t["per_step"])
+        row(f"beam search {L} tokens, peak memory", "GiB", gib(m["peak_rss"] or m["maxrss_process"]),
+            gib(t["peak_rss"] or t["maxrss_process"]))
+        if m.get("device_peak_bytes") is not None:
+            row(f"beam search {L} tokens, GPU memory", "GiB", gib(m["device_peak_bytes"]), gib(t["device_peak_bytes"]))
+    return rows
+
+
+def print_table(rows, file=sys.stdout):
+    def fmt(x):
+        return "-" if x is None else f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+    w = max(len(r["name"]) for r in rows) + 2
+    print(f"{'':{w}} {'unit':9} {'minipegx':>10} {'transformers':>13} {'ratio':>7}", file=file)
+    for r in rows:
+        print(f"{r['name']:{w}} {r['unit']:9} {fmt(r['minipegx']):>10} {fmt(r['transformers']):>13} "
+              f"{fmt(r['ratio']):>7}", file=file)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="base")
+    ap.add_argument("--quick", action="store_true", help="smaller lengths and fewer tokens (a smoke run)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both libraries")
+    ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy", help="minipegx's array module")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where transformers runs")
+    ap.add_argument("--encoder-lengths", type=int, nargs="*", help="override the encoder lengths")
+    ap.add_argument("--beam-lengths", type=int, nargs="*", help="override the beam search input lengths")
+    ap.add_argument("--new-tokens", type=int, help="tokens generated per beam search (forced)")
+    ap.add_argument("--beams", type=int)
+    ap.add_argument("--repeat", type=int, default=0,
+                    help="timed encoder runs after the warm-up (0: 5 up to 2k tokens, 3 up to 4k, else 1)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["blas", "encoder", "beam"])
+    ap.add_argument("--grouped", action="store_true",
+                    help="one process per library instead of one per measurement (the smoke test's mode)")
+    ap.add_argument("--checkpoint", help="reuse a random checkpoint directory written by an earlier run")
+    ap.add_argument("--name", help="results name (default: <device>-<shape>[-quick])")
+    ap.add_argument("--out", help="JSON path (default: benchmarks/results/<name>.json)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed per measurement")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--result-file", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        result = worker(json.loads(args.worker))
+        with open(args.result_file, "w") as f:
+            json.dump(result, f)
+        return 0
+
+    if (args.backend == "cupy") != (args.device == "cuda"):
+        ap.error("--backend cupy goes with --device cuda (and numpy with cpu): both libraries on the same device")
+    plan = dict(TOY_QUICK if args.shape == "toy" else QUICK if args.quick else FULL)
+    for key in ("encoder_lengths", "beam_lengths", "new_tokens", "beams"):
+        if getattr(args, key) is not None:
+            plan[key] = getattr(args, key)
+    name = args.name or f"{args.device}-{args.shape}{'-quick' if args.quick else ''}"
+    out_path = args.out or os.path.join(HERE, "results", f"{name}.json")
+
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="minipegx-bench-") as tmp:
+        ckpt = args.checkpoint or tmp
+        if args.checkpoint and os.path.isfile(os.path.join(ckpt, "config.json")):
+            with open(os.path.join(ckpt, "config.json")) as f:
+                config = json.load(f)
+        else:
+            print(f"writing a random {args.shape} checkpoint to {ckpt} ...", flush=True)
+            config = write_checkpoint(args.shape, ckpt)
+        base = dict(ckpt=ckpt, config=config, device=args.device, threads=args.threads)
+        jobs = []
+        if "blas" not in args.skip:
+            jobs += [dict(base, side=s, task="blas", length=max(plan["encoder_lengths"]))
+                     for s in ("minipegx", "transformers")]
+        if "encoder" not in args.skip:
+            for L in plan["encoder_lengths"]:
+                jobs += [dict(base, side=s, task="encoder", length=L, repeat=args.repeat)
+                         for s in ("minipegx", "transformers")]
+        if "beam" not in args.skip:
+            for L in plan["beam_lengths"]:
+                jobs += [dict(base, side=s, task="beam", length=L, beams=plan["beams"], new_tokens=plan["new_tokens"])
+                         for s in ("minipegx", "transformers")]
+        for job in jobs:
+            if job["task"] == "encoder" and not job["repeat"]:   # short inputs: more runs, the best counts
+                job["repeat"] = 5 if job["length"] <= 2048 else 3 if job["length"] <= 4096 else 1
+        if args.grouped:  # one process per library (faster to start; peaks are per measurement all the same)
+            batches = [[j for j in jobs if j["side"] == s] for s in ("minipegx", "transformers")]
+        else:             # one process per measurement, alternating the libraries, so a change of load hits both
+            batches = [[j] for j in jobs]
+        results = []
+        for batch in batches:
+            t = time.perf_counter()
+            for r in run_worker(batch, args.threads, args.timeout):
+                print(f"  {r['side']:12} {r['task']:8} {r['length']!s:>6}: "
+                      f"{r['gflops'] if r['task'] == 'blas' else r['seconds']:.3f} "
+                      f"{'GFLOP/s' if r['task'] == 'blas' else 's'} (load average {r['load_before']:.1f})",
+                      flush=True)
+                results.append(r)
+            print(f"    ({time.perf_counter() - t:.0f} s with start-up and loading)", flush=True)
+
+    rows = summarize(results, config)
+    same = {}
+    for L in plan["beam_lengths"] if "beam" not in args.skip else []:
+        a = next(r for r in results if r["side"] == "minipegx" and r["task"] == "beam" and r["length"] == L)
+        b = next(r for r in results if r["side"] == "transformers" and r["task"] == "beam" and r["length"] == L)
+        same[str(L)] = a["sequences"] == b["sequences"]
+    report = dict(name=name, shape=args.shape, config=config, plan=plan, machine=machine(args),
+                  load_average_end=os.getloadavg(), wall_seconds=time.time() - started,
+                  same_beam_search_ids=same, table=rows, results=results)
+    print()
+    print_table(rows)
+    if same:
+        print("beam search ids identical in both libraries:", same)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(report, f, indent=1)
+    print("written", out_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
