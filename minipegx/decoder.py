@@ -11,7 +11,7 @@ from __future__ import annotations
 from .backend import array_module, finfo
 from .layers import (embed_tokens, ffn, layer_norm, linear, merge_heads, record, sinusoidal_positions,
                      softmax, split_heads)
-from .precision import assert_finite, checks_on, matmul, residual
+from .precision import assert_finite, checks_on, matmul, residual, scores
 
 
 def attention(q, k, v, mask):
@@ -23,7 +23,7 @@ def attention(q, k, v, mask):
     is what a decoding step (S = 1, L up to 16k encoder tokens) is made of (~4x faster in OpenBLAS than
     q k^T, where the long operand is packed on the right). Made contiguous again for the softmax."""
     xp = array_module(q)
-    s = xp.ascontiguousarray(matmul(k, q.swapaxes(-1, -2)).swapaxes(-1, -2))  # [..., L, D] @ [..., D, S] -> [..., S, L]
+    s = xp.ascontiguousarray(scores(k, q.swapaxes(-1, -2)).swapaxes(-1, -2))  # [..., L, D] @ [..., D, S] -> [..., S, L]
     s *= q.shape[-1] ** -0.5
     if mask is not None:
         s += mask

@@ -12,14 +12,14 @@ from __future__ import annotations
 from .backend import array_module, finfo
 from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, record,
                      sinusoidal_positions, softmax, split_heads)
-from .precision import assert_finite, checks_on, matmul, residual
+from .precision import assert_finite, checks_on, matmul, residual, scores
 
 
 def attend(q, k, v, mask):
     """softmax(q k^T + mask) v for queries already scaled by D^-1/2 (the encoder scales its queries, as the
     reference does). q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L].
     Returns the output [..., S, D] and the probabilities [..., S, L]."""
-    s = matmul(q, k.swapaxes(-1, -2))                            # [..., S, D] @ [..., D, L] -> [..., S, L]
+    s = scores(q, k.swapaxes(-1, -2))                            # [..., S, D] @ [..., D, L] -> [..., S, L]
     s += mask
     probs = softmax(s)                                           # [..., S, L]
     return matmul(probs, v), probs                               # [..., S, L] @ [..., L, D] -> [..., S, D]

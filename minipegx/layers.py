@@ -33,7 +33,8 @@ def linear(x, w, b=None):
     rows = x.reshape(-1, x.shape[-1])          # [R, I]
     if is_quantized(w) or is_low_precision(rows.dtype) or is_low_precision(w.dtype):
         wide = w.dequantize(ACCUMULATE) if is_quantized(w) else w.astype(ACCUMULATE)  # [O, I] float32
-        y = rows.astype(ACCUMULATE) @ wide.T   # [R, O], float32 accumulation
+        wide_rows = rows.astype(ACCUMULATE)
+        y = (wide @ wide_rows.T).T if rows.shape[0] <= 16 else wide_rows @ wide.T  # [R, O], float32 sums
         if b is not None:
             y += b
         return round_to(y, rows.dtype).reshape(*x.shape[:-1], y.shape[-1])

@@ -6,6 +6,7 @@ float16 / bfloat16, the "compute dtype": weights (unless quantized) and activati
   * matmuls multiply compute-dtype operands, accumulate in float32 and round the result once, as GPU
     tensor cores do. NumPy has no fp16/bf16 GEMM, so the operands are widened for BLAS; the product of
     two fp16 or bf16 numbers is exact in float32, so the arithmetic is the same;
+  * attention scores stay in float32 from the product through the mask and the softmax (`scores`);
   * layer norm, softmax and activations compute in float32 and round their outputs (layers.py);
   * the residual stream, the running sum of every sub-block's output over all layers, stays in float32.
     It is the accumulation that overflows float16 in the PEGASUS family (it grows layer after layer;
@@ -54,6 +55,15 @@ def matmul(a, b):
     if xp is not np and a.dtype == b.dtype == np.float16:
         return a @ b
     return round_to(a.astype(ACCUMULATE) @ b.astype(ACCUMULATE), low)
+
+
+def scores(a, b):
+    """a @ b for attention scores. With a float16/bfloat16 operand the float32 sums are kept, not rounded:
+    the mask is added and the softmax computed in float32, as FlashAttention keeps its scores, so
+    scores + finfo(float16).min cannot overflow to -inf. The probabilities then meet v in `matmul`."""
+    if not (is_low_precision(a.dtype) or is_low_precision(b.dtype)):
+        return a @ b                       # float32 / float64: unchanged
+    return a.astype(ACCUMULATE) @ b.astype(ACCUMULATE)
 
 
 def residual(x):

@@ -48,6 +48,7 @@ NF4_CODE = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748
                      0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
                      0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=np.float32)
 _NF4_MIDPOINTS = (NF4_CODE[1:] + NF4_CODE[:-1]) / 2    # value v maps to searchsorted(midpoints, v)
+_NF4_PAIRS = np.stack([NF4_CODE[np.arange(256) >> 4], NF4_CODE[np.arange(256) & 0x0F]], axis=1)  # [256, 2]
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
@@ -95,8 +96,9 @@ class NF4Weight:
 
     def dequantize(self, dtype=np.float32):
         xp = array_module(self.packed)
-        code = xp.asarray(NF4_CODE)
-        blocks = code[self.indices()].reshape(-1, self.block_size) * self.absmax[:, None]  # [n_blocks, 64]
+        # One gather per byte: _NF4_PAIRS[byte] is the byte's two values (~3x faster than per nibble).
+        blocks = xp.take(xp.asarray(_NF4_PAIRS), self.packed, axis=0).reshape(-1, self.block_size)  # [n_blocks, 64]
+        blocks *= self.absmax[:, None]
         n = int(np.prod(self.shape))
         return blocks.reshape(-1)[:n].reshape(self.shape).astype(dtype, copy=False)
 
