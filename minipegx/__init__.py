@@ -17,13 +17,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Tokenizer": ("tokenizer", "Tokenizer"),
-    "summarize": ("summarize", "summarize"),
-    "generate": ("generate", "generate"),
+    "summarize": ("pipeline", "summarize"),
 }
 
 
 def __getattr__(name):
-    # Tokenizer, generation and summarization load on first use, so `import minipegx` stays light.
+    # Tokenizer and summarize load on first use, so `import minipegx` stays light.
     if name in _LAZY:
         import importlib
 

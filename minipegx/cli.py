@@ -126,11 +126,13 @@ class Progress:
             self.bar = None
 
 
-def run_summarize(args, inputs):
-    from .summarize import load, summarize
+def run_summarize(args, read):
+    """Load the model first (a bad --model fails before standard input is read), then summarize."""
+    from .pipeline import load, summarize
 
     options = {k: getattr(args, k) for k in GENERATION_FLAGS if getattr(args, k, None) is not None}
     model, tok = load(args.model, None, args.backend, args.dtype, args.quantize)
+    inputs = read()
     results = []
     for name, text in inputs:
         progress = Progress(os.path.basename(name) if name != "-" else "stdin",
@@ -176,13 +178,13 @@ def main(argv=None):
             print(f"Document: minipegx/data/example_document.txt ({n_words} words). It begins:\n  "
                   f"{doc[:300].strip()} ...\n", flush=True)
             print("Summary by the bundled demo model:", flush=True)
-            code = run_summarize(args, [("example_document.txt", doc)])
+            code = run_summarize(args, lambda: [("example_document.txt", doc)])
             truth = os.path.join(demo_model_path(), "..", "example_summary.txt")
             if os.path.isfile(truth) and not args.json:
                 with open(truth, encoding="utf-8") as f:
                     print(f"\nThe true summary:\n{f.read().strip()}")
             return code
-        return run_summarize(args, read_inputs(args.files))
+        return run_summarize(args, lambda: read_inputs(args.files))
     except MiniPegxError as e:
         print(f"minipegx: error: {e}", file=sys.stderr)
         return EXIT_ERROR
