@@ -32,17 +32,38 @@ def attention(q, k, v, mask):
 
 
 def self_attention(x, p, num_heads, mask, cache=None):
-    """Causal self-attention. cache is None or (k, v) of the past steps, each [B, H, L-S, D];
-    returns the output [B, S, M], probs [B, H, S, L] and the new cache (k, v) [B, H, L, D]."""
+    """Causal self-attention over the past steps' keys/values and the S new ones.
+
+    cache is a value: None; (k, v) of the past steps, each [B, H, L-S, D], grown by concatenation; or a
+    preallocated static cache (k_buf, v_buf, length), buffers [B, H, Lmax, D] into which the S new
+    keys/values are written in place at [length, length+S). Returns the output [B, S, M],
+    probs [B, H, S, L] and the new cache value of the same kind."""
     xp = array_module(x)
     q = split_heads(linear(x, p["q_proj"]["weight"]), num_heads)  # [B, H, S, D]
     k = split_heads(linear(x, p["k_proj"]["weight"]), num_heads)  # [B, H, S, D]
     v = split_heads(linear(x, p["v_proj"]["weight"]), num_heads)  # [B, H, S, D]
-    if cache is not None:
+    if cache is None:
+        cache = (k, v)
+    elif len(cache) == 2:                                         # dynamic
         k = xp.concatenate([cache[0], k], axis=2)                 # [B, H, L, D]
         v = xp.concatenate([cache[1], v], axis=2)
+        cache = (k, v)
+    else:                                                         # static
+        k_buf, v_buf, length = cache
+        L = length + x.shape[1]
+        k_buf[:, :, length:L] = k
+        v_buf[:, :, length:L] = v
+        k, v = k_buf[:, :, :L], v_buf[:, :, :L]                   # [B, H, L, D] views
+        cache = (k_buf, v_buf, L)
     out, probs = attention(q, k, v, mask)                         # [B, H, S, D]
-    return linear(merge_heads(out), p["out_proj"]["weight"]), probs, (k, v)
+    return linear(merge_heads(out), p["out_proj"]["weight"]), probs, cache
+
+
+def cache_length(cache):
+    """Steps already in a self-attention cache value (None, (k, v) or (k_buf, v_buf, length))."""
+    if cache is None:
+        return 0
+    return cache[2] if len(cache) == 3 else cache[0].shape[2]
 
 
 def cross_kv(encoder_hidden, p, num_heads):
@@ -108,7 +129,7 @@ def decoder(params, config, kvs, cross_mask, input_ids=None, inputs_embeds=None,
     """Run the decoder on S new steps.
 
     params: the tree under "model". kvs: per-layer cross (k, v) from cross_kv. cross_mask: additive
-    [B, 1, 1, T] or None. caches: per-layer self-attention (k, v) of past steps, or None.
+    [B, 1, 1, T] or None. caches: per-layer self-attention cache values (see self_attention), or None.
     Returns (hidden [B*R, S, M] after the final layer norm, new caches, hidden_states,
     self-attention probs, cross-attention probs). check_finite: as in encoder.encoder."""
     p = params["decoder"]
@@ -120,7 +141,7 @@ def decoder(params, config, kvs, cross_mask, input_ids=None, inputs_embeds=None,
     xp = array_module(inputs_embeds)
     dtype = inputs_embeds.dtype
     _, S, M = inputs_embeds.shape
-    past = 0 if caches is None else caches[0][0].shape[2]
+    past = 0 if caches is None else cache_length(caches[0])
     pos = sinusoidal_positions(past, S, M, xp, dtype)            # [S, M] positions continue after the cache
     record(trace, "model.decoder.embed_positions", pos)
     x = residual(inputs_embeds) + pos                            # [B*R, S, M], float32 under fp16/bf16

@@ -34,9 +34,8 @@ from dataclasses import dataclass, field, fields
 from . import decoder as D
 from .backend import array_module, resolve_dtype, to_device, to_numpy
 from .errors import GenerationConfigError, MiniPegxWarning
-from .layers import additive_mask, embed_tokens, ffn, layer_norm, linear, merge_heads, sinusoidal_positions, split_heads
+from .layers import additive_mask, linear
 from .model import as_ids, as_mask
-from .precision import assert_finite, checks_on, residual
 
 NEG = -1.0e9                 # transformers' "finished / impossible" score (added in float32)
 LONG_RUN = 1024              # warn above this many decoder steps when max_new_tokens is not given
@@ -436,61 +435,13 @@ def start_decoding(model, input_ids, attention_mask, rows, opts):
     return Decoding(model, kvs, cross_mask, opts.static_cache), cache
 
 
-def static_self_attention(x, p, num_heads, mask, cache):
-    """decoder.self_attention over a preallocated cache value (k_buf, v_buf, length), buffers
-    [N, H, Lmax, D]: the S new keys/values are written in place at [length, length+S) and attention
-    reads the first length+S. Returns output [N, S, M], probs [N, H, S, L] and (k_buf, v_buf, L)."""
-    k_buf, v_buf, length = cache
-    S = x.shape[1]
-    L = length + S
-    q = split_heads(linear(x, p["q_proj"]["weight"]), num_heads)                 # [N, H, S, D]
-    k_buf[:, :, length:L] = split_heads(linear(x, p["k_proj"]["weight"]), num_heads)  # [N, H, S, D]
-    v_buf[:, :, length:L] = split_heads(linear(x, p["v_proj"]["weight"]), num_heads)
-    out, probs = D.attention(q, k_buf[:, :, :L], v_buf[:, :, :L], mask)          # [N, H, S, D]
-    return linear(merge_heads(out), p["out_proj"]["weight"]), probs, (k_buf, v_buf, L)
-
-
-def static_decoder(params, config, kvs, cross_mask, input_ids, caches, check_finite=None):
-    """decoder.decoder for the static cache: the same layer functions in the same order, with
-    static_self_attention in place of decoder.self_attention (a hook for it in decoder.decoder_layer
-    would make this function unnecessary). input_ids [N, S] -> hidden [N, S, M] after the final
-    layer norm, new caches."""
-    p = params["decoder"]
-    scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
-    table = p.get("embed_tokens", params["shared"])["weight"]
-    emb = embed_tokens(input_ids, table, scale)                                  # [N, S, M]
-    xp, dtype = array_module(emb), emb.dtype
-    _, S, M = emb.shape
-    past = caches[0][2]
-    x = residual(emb) + sinusoidal_positions(past, S, M, xp, dtype)              # [N, S, M]
-    mask = D.causal_mask(S, past, dtype, xp)                                     # [1, 1, S, L]
-    H = config.decoder_attention_heads
-    checks = checks_on(check_finite, dtype)
-    new = []
-    for i, lp in enumerate(p["layers"]):                                         # = decoder.decoder_layer
-        h, _, cache = static_self_attention(layer_norm(x, lp["self_attn_layer_norm"]), lp["self_attn"], H, mask,
-                                            caches[i])
-        x = x + h
-        h, _ = D.cross_attention(layer_norm(x, lp["encoder_attn_layer_norm"]), kvs[i], lp["encoder_attn"], H,
-                                 cross_mask)
-        x = x + h
-        x = x + ffn(layer_norm(x, lp["final_layer_norm"]), lp, config.activation_function)
-        if checks:
-            assert_finite(x, f"model.decoder.layers.{i}", dtype)
-        new.append(cache)
-    return layer_norm(x, p["layer_norm"]), tuple(new)
-
-
 def decode_step(dec, tokens, cache):
     """Feed each row's last token: tokens [N] -> next-token logits [N, V] in float32, new cache."""
     model = dec.model
     params = model.params["model"]
     check = model.check_finite
-    if dec.static:
-        h, cache = static_decoder(params, model.config, dec.kvs, dec.cross_mask, tokens[:, None], cache, check)
-    else:
-        h, cache, *_ = D.decoder(params, model.config, dec.kvs, dec.cross_mask, tokens[:, None], caches=cache,
-                                 check_finite=check)
+    h, cache, *_ = D.decoder(params, model.config, dec.kvs, dec.cross_mask, tokens[:, None], caches=cache,
+                             check_finite=check)                                 # dynamic or static cache values
     logits = linear(h[:, -1], model.lm_head_weight)                              # [N, M] @ [M, V] -> [N, V]
     return logits.astype("float32"), cache
 
