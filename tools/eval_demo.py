@@ -71,8 +71,23 @@ def evaluate(model, tok, band, decoding: dict, batch_tokens: int = 16000, rouge=
         scores = [rouge.score(t, p) for p, (_, t) in zip(preds, pairs)]
         for k in ("rouge1", "rouge2", "rougeL"):
             res[k] = sum(s[k].fmeasure for s in scores) / n
+    # Which slot goes wrong, over true facts whose position in the summary the prediction also has.
+    slots = ["name", "verb", "number", "object", "place"]
+    slot_err = dict.fromkeys(slots, 0)
+    aligned = 0
+    for p, (_, t) in zip(preds, pairs):
+        for fp, ft in zip(facts(p), facts(t)):
+            wp, wt = fp.rstrip(".").split(), ft.rstrip(".").split()
+            if len(wp) != 6 or len(wt) != 6:
+                continue
+            aligned += 1
+            for k, i in zip(slots, (0, 1, 2, 3, 5)):
+                slot_err[k] += wp[i] != wt[i]
+    res["slot_error_rate"] = {k: v / max(1, aligned) for k, v in slot_err.items()}
+    res["fact_count_correct"] = sum(len(facts(p)) == len(facts(t)) for p, (_, t) in zip(preds, pairs)) / n
     wrong = [(p, t) for p, (_, t) in zip(preds, pairs) if norm(p) != norm(t)][:3]
     res["examples_wrong"] = [{"pred": p, "true": t} for p, t in wrong]
+    res["predictions"] = [{"tokens": L, "pred": p, "true": t} for L, p, (_, t) in zip(lengths, preds, pairs)]
     return res
 
 
@@ -82,6 +97,8 @@ def main(argv=None):
     ap.add_argument("--out", default="eval_demo.json")
     ap.add_argument("--quick", action="store_true", help="16 documents per band, greedy only")
     ap.add_argument("--decoding", choices=["both", "beam", "greedy"], default="both")
+    ap.add_argument("--bands", help="comma-separated subset of: " + ",".join(b[0] for b in BANDS))
+    ap.add_argument("--limit", type=int, help="first N documents of each band (the same documents as the full run)")
     args = ap.parse_args(argv)
 
     import torch
@@ -104,7 +121,9 @@ def main(argv=None):
         chosen, bands = ["greedy"], QUICK_BANDS
     else:
         chosen = ["beam", "greedy"] if args.decoding == "both" else [args.decoding]
-        bands = BANDS
+        bands = [b for b in BANDS if not args.bands or b[0] in args.bands.split(",")]
+    if args.limit:
+        bands = [(name, lo, hi, min(n, args.limit)) for name, lo, hi, n in bands]
     results = {"model": args.model, "eval_seed": EVAL_SEED, "torch_threads": 2, "results": []}
     for dname in chosen:
         for band in bands:
@@ -112,7 +131,7 @@ def main(argv=None):
             r = evaluate(model, tok, band, decodings[dname], rouge=rouge)
             r.update(decoding=dname, decoding_args=decodings[dname], seconds=round(time.time() - t0, 1))
             results["results"].append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "examples_wrong"}), flush=True)
+            print(json.dumps({k: v for k, v in r.items() if k not in ("examples_wrong", "predictions")}), flush=True)
             for w in r["examples_wrong"][:1]:
                 print("  wrong:", w, flush=True)
     with open(args.out, "w") as f:
