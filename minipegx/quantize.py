@@ -219,7 +219,7 @@ def save_quantized(model, directory) -> str:
         if is_quantized(v):
             flat.update({f"{name}.{k}": a for k, a in v.tensors().items()})
         else:
-            flat[name] = to_numpy(v).astype(np.float32)      # bf16 has no safetensors.numpy dtype
+            flat[name] = to_numpy(v).astype(np.float32)      # exact for fp16/bf16 values; any loader reads it
     save_params(flat, directory, metadata={"quantization": mode})
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump({"model_type": "pegasus_x", **model.config.to_dict()}, f, indent=2)
