@@ -1137,6 +1137,17 @@ What to take away:
 A real checkpoint has M = 768 (base) or 1024 (large), 12 or 16 encoder layers, K = 512 and G = 128;
 `viz.encoder_cost(real_config, T)` gives its numbers without loading it.
 """),
+    md("""
+## Lower precision, layer by layer
+
+Long inputs are where memory matters, so the same model in lower precision: `dtype="float16"` or
+`"bfloat16"` (sums, softmax, layer norm and the residual stream stay float32 — see docs/precision.md for
+why PEGASUS-X overflows fp16 in transformers and not here) and weight-only quantization
+`quantize="int8"` (per output channel) or `"nf4"` (4-bit, blocks of 64, as bitsandbytes). Each row is
+one layer's output, each column the largest error relative to float32's largest value, on the same
+teacher-forced summary. Rounding errors stay flat with depth; quantization errors grow layer by layer.
+"""),
+    code('import numpy as np\nimport minipegx\n\npath = minipegx.demo_model_path()\ntok = minipegx.Tokenizer.from_pretrained(path)\nbatch = tok([minipegx.example_document()], return_tensors="np")\nids, mask = batch["input_ids"], batch["attention_mask"]\nref = minipegx.from_pretrained(path)\ndec = ref.generate(ids, mask, max_new_tokens=48)[:, :-1]          # teacher-force float32\'s summary\nout32 = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)\n\ndef rel(a, b):\n    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)\n    return np.abs(a - b).max() / np.abs(b).max()\n\ndef outputs(o):   # every layer\'s output, by name (the encoder\'s last layer through its final norm)\n    enc, dec_ = o.encoder_hidden_states, o.decoder_hidden_states\n    named = {f"encoder.layers.{i}": h for i, h in enumerate(enc[1:-1])}\n    named["encoder.layer_norm"] = enc[-1][0]\n    named.update({f"decoder.layers.{i}": h for i, h in enumerate(dec_[1:-1])})\n    named["decoder.layer_norm"], named["logits"] = dec_[-1], o.logits\n    return named\n\nref_layers = outputs(out32)\nprint(f"{\'layer output\':22}" + "".join(f"{m:>10}" for m in ("float16", "bfloat16", "int8", "nf4")))\nerrors = {}\nfor dtype, quantize in [("float16", None), ("bfloat16", None), ("float32", "int8"), ("float32", "nf4")]:\n    model = minipegx.from_pretrained(path, dtype=dtype, quantize=quantize)\n    o = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)\n    errors[quantize or dtype] = {n: rel(h, ref_layers[n]) for n, h in outputs(o).items()}\nfor n in ref_layers:\n    print(f"{n:22}" + "".join(f"{errors[m][n]:10.1e}" for m in errors))\n'),
 ]
 
 
