@@ -240,13 +240,15 @@ class Side:
 
 
 def timed(fn, sync, repeat):
-    times = []
+    """Wall-clock seconds of each of `repeat` runs, and the CPU seconds (all threads) of each."""
+    times, cpu = [], []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append(time.perf_counter() - t)
-    return times
+        cpu.append(time.process_time() - c)
+    return times, cpu
 
 
 def worker(jobs):
@@ -278,22 +280,22 @@ def measure(side, config, job):
     elif job["task"] == "encoder":
         ids, mask = side.inputs(job["length"], config["vocab_size"])
         side.encode(ids, mask), side.sync()                      # warm-up at the same length
-        times = timed(lambda: side.encode(ids, mask), side.sync, job["repeat"])
-        result.update(times=times, seconds=min(times), median=statistics.median(times),
+        times, cpu = timed(lambda: side.encode(ids, mask), side.sync, job["repeat"])
+        result.update(times=times, cpu_times=cpu, seconds=min(times), median=statistics.median(times),
                       gflops=encoder_flops(config, job["length"]) / min(times) / 1e9)
     elif job["task"] == "beam":
         ids, mask = side.inputs(job["length"], config["vocab_size"])
         stamps = []
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         seqs = side.generate(ids, mask, job["beams"], job["new_tokens"], lambda: stamps.append(time.perf_counter()))
         side.sync()
         total = time.perf_counter() - t0
         steps = [b - a for a, b in zip(stamps, stamps[1:])]     # steps 2..S: decoding only
-        result.update(seconds=total, steps=len(stamps), first_step_seconds=stamps[0] - t0 if stamps else None,
+        result.update(seconds=total, cpu_seconds=time.process_time() - c0, steps=len(stamps), first_step_seconds=stamps[0] - t0 if stamps else None,
                       step_times=steps, per_step=statistics.median(steps) if steps else None,
                       sequences=[[int(t) for t in row] for row in seqs])
     rss, hwm = memory_now()
-    result.update(rss_end=rss, peak_rss=hwm if result["peak_reset"] else None,
+    result.update(load_after=os.getloadavg()[0], rss_end=rss, peak_rss=hwm if result["peak_reset"] else None,
                   maxrss_process=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   device_peak_bytes=side.device_peak_bytes())
     return result
