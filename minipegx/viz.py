@@ -9,8 +9,9 @@ The computational half needs only NumPy:
     to_bertviz         short inputs as bertviz's model_view wants them                   NumPy [1, H, L, L]
 The plot_* functions draw them with matplotlib (imported when first called; `pip install
 'minipegx[viz]'`). They return a matplotlib Figure, take an `ax=` to draw into a figure of your own,
-and never call plt.show(): the figures are built without pyplot, so a notebook shows each one once
-(as the cell's value) and no global figure state piles up; in a script, fig.savefig("x.png").
+and never call plt.show(): the figures are built without pyplot, so no global figure state piles up.
+In a notebook, run `%matplotlib inline` (or import pyplot) once and a returned figure shows as the
+cell's value; in a script, fig.savefig("x.png").
 
 One axis convention everywhere, the reference's: the G global tokens first, then the T tokens, so
 index G + t is token t. Rows are queries, columns keys. Shape legend: B batch, H heads, T tokens,
