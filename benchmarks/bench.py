@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """minipegx against transformers, side by side, in one run, on one machine, with one thread count.
 
-    python benchmarks/bench.py                      # the full CPU run (pegasus-x-base shape), ~15 min on 2 cores
+    python benchmarks/bench.py                      # the full CPU run (pegasus-x-base shape), ~8 min on 2 idle cores
     python benchmarks/bench.py --quick              # smaller lengths, a few minutes
     python benchmarks/bench.py --shape toy --quick  # seconds: the smoke test's path
     python benchmarks/bench.py --backend cupy --device cuda --shape large   # on a GPU (CuPy + torch CUDA)
