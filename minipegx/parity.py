@@ -79,6 +79,15 @@ def _reference_modules():
     return torch, transformers
 
 
+def load_reference(checkpoint):
+    """transformers' PegasusXForConditionalGeneration from a checkpoint directory, in eval mode, with
+    its progress bars and info logs silenced (notebooks and reports stay readable)."""
+    _, transformers = _reference_modules()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    return transformers.PegasusXForConditionalGeneration.from_pretrained(checkpoint).eval()
+
+
 @contextlib.contextmanager
 def patched(patch):
     """Temporarily replace functions, e.g. {"minipegx.encoder.global_local_attention": my_fn}."""
@@ -152,7 +161,7 @@ def compare(checkpoint, input_ids, attention_mask=None, decoder_input_ids=None, 
     if model is None:
         model = from_pretrained(checkpoint)
     if reference is None:
-        reference = transformers.PegasusXForConditionalGeneration.from_pretrained(checkpoint).eval()
+        reference = load_reference(checkpoint)
     ids = np.asarray(to_numpy(input_ids))
     ids = ids[None] if ids.ndim == 1 else ids
     mask = None if attention_mask is None else np.asarray(to_numpy(attention_mask)).reshape(ids.shape)

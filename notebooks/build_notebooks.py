@@ -335,16 +335,16 @@ and skips the comparison.
     code("""
 import warnings
 
+import minipegx.parity
+from minipegx.errors import BackendError
+
 warnings.filterwarnings("ignore", message="IProgress not found")   # tqdm's notebook hint, from transformers
 try:
-    import torch
-    import transformers
-except ImportError:
-    print("transformers / torch not installed: skipping the comparison (pip install -e '.[test]')")
+    ref = minipegx.parity.load_reference(minipegx.demo_model_path())   # transformers, quietly
+except BackendError as e:
+    print(f"skipping the comparison: {e}")
 else:
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    ref = transformers.PegasusXForConditionalGeneration.from_pretrained(minipegx.demo_model_path()).eval()
+    import torch
     with torch.no_grad():
         r = ref(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(attention_mask),
                 decoder_input_ids=torch.as_tensor(dec_ids), output_hidden_states=True, output_attentions=True)
@@ -729,16 +729,16 @@ encoder output for every beam, which makes it slow on all 2 500 tokens).
     code("""
 import warnings
 
+import minipegx.parity
+from minipegx.errors import BackendError
+
 warnings.filterwarnings("ignore", message="IProgress not found")   # tqdm's notebook hint, from transformers
 try:
-    import torch
-    import transformers
-except ImportError:
-    print("transformers / torch not installed: skipping the comparison (pip install -e '.[test]')")
+    ref = minipegx.parity.load_reference(minipegx.demo_model_path())   # transformers, quietly
+except BackendError as e:
+    print(f"skipping the comparison: {e}")
 else:
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    ref = transformers.PegasusXForConditionalGeneration.from_pretrained(minipegx.demo_model_path()).eval()
+    import torch
     short = tok(["\\n\\n".join(minipegx.example_document().split("\\n\\n")[7:10])], return_tensors="np")
     with torch.no_grad():
         ref_ids = ref.generate(torch.as_tensor(short["input_ids"]), attention_mask=torch.as_tensor(short["attention_mask"]),
@@ -790,11 +790,9 @@ import minipegx
 from minipegx import layers, parity
 from minipegx.layers import linear, softmax
 
-transformers.utils.logging.disable_progress_bar()
-transformers.utils.logging.set_verbosity_error()
 path = minipegx.demo_model_path()
 model = minipegx.from_pretrained(path)
-reference = transformers.PegasusXForConditionalGeneration.from_pretrained(path).eval()
+reference = parity.load_reference(path)          # transformers, quietly
 tok = minipegx.Tokenizer.from_pretrained(path)
 text = "\\n\\n".join(minipegx.example_document().split("\\n\\n")[:2])   # ~260 tokens: quick, 5 blocks
 batch = tok([text], return_tensors="np")
