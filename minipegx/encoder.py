@@ -25,13 +25,15 @@ def attend(q, k, v, mask):
     return matmul(probs, v), probs                               # [..., S, L] @ [..., L, D] -> [..., S, D]
 
 
-def global_local_attention(x, g, mask, p, num_heads, block_size):
+def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentions=True):
     """Block-local attention for tokens, full attention for global tokens (PegasusXGlobalLocalAttention).
 
     x    [B, P, M] tokens, P a multiple of K      g [B, G, M] global tokens
     mask [B, P] additive (0 or finfo.min)         p {q_proj, k_proj, v_proj, out_proj} (no biases)
     Returns token output [B, P, M], global output [B, G, M] and probs
-    {"local": [B, H, N, K, G+K], "global": [B, H, G, G+P]} (the reference's layout: globals first).
+    {"local": [B, H, N, K, G+K], "global": [B, H, G, G+P]} (the reference's layout: globals first),
+    or None when output_attentions is False: the local probabilities are 0.5 GB at 16k tokens, and
+    writing them out costs ~10% of the encoder's time, so they are kept only when asked for.
     """
     xp = array_module(x)
     B, P, M = x.shape
@@ -67,16 +69,18 @@ def global_local_attention(x, g, mask, p, num_heads, block_size):
     ob = heads_out[:, :, G:].reshape(B, H, N, K, D)              # a view: blocks write their outputs into out
     local_mask = xp.concatenate([xp.zeros((B, N, G), mask.dtype),
                                  mask.reshape(B, N, K)], axis=-1)  # [B, N, G+K]
-    local_probs = xp.empty((B, H, N, K, G + K), q.dtype)         # [B, H, N, K, G+K]
+    local_probs = xp.empty((B, H, N, K, G + K), q.dtype) if output_attentions else None  # [B, H, N, K, G+K]
     for n in range(N):
         block_keys = xp.concatenate([k[:, :, :G], kb[:, :, n]], axis=2)    # [B, H, G+K, D]
         block_values = xp.concatenate([v[:, :, :G], vb[:, :, n]], axis=2)  # [B, H, G+K, D]
-        ob[:, :, n], local_probs[:, :, n] = attend(qb[:, :, n], block_keys, block_values,
-                                                   local_mask[:, None, n, None, :])  # [B, H, K, D], [B, H, K, G+K]
+        ob[:, :, n], block_probs = attend(qb[:, :, n], block_keys, block_values,
+                                          local_mask[:, None, n, None, :])  # [B, H, K, D], [B, H, K, G+K]
+        if output_attentions:
+            local_probs[:, :, n] = block_probs
 
     out = linear(out.reshape(B, G + P, M), w["out_proj"])        # [B, G+P, H, D] -> [B, G+P, M] -> [B, G+P, M]
     g_out, t_out = out[:, :G], out[:, G:]                        # [B, G, M], [B, P, M]
-    return t_out, g_out, {"local": local_probs, "global": global_probs}
+    return t_out, g_out, {"local": local_probs, "global": global_probs} if output_attentions else None
 
 
 def stagger(x, mask, block_size):
@@ -89,9 +93,11 @@ def stagger(x, mask, block_size):
     return x, mask
 
 
-def encoder_layer(x, g, mask, p, config, staggered, trace=None, name=""):
+def encoder_layer(x, g, mask, p, config, staggered, trace=None, name="", output_attentions=True):
     """One pre-LayerNorm encoder layer. Tokens and global tokens have separate attention layer norms
-    but share the attention weights, the FFN and its layer norm (PegasusXEncoderLayer)."""
+    but share the attention weights, the FFN and its layer norm (PegasusXEncoderLayer).
+    Returns tokens [B, P, M], global tokens [B, G, M] and the attention probabilities (None unless
+    output_attentions)."""
     h = layer_norm(x, p["self_attn_layer_norm"])                 # [B, P, M]
     hg = layer_norm(g, p["global_self_attn_layer_norm"])         # [B, G, M]
     record(trace, f"{name}.self_attn_layer_norm", h)
@@ -99,7 +105,8 @@ def encoder_layer(x, g, mask, p, config, staggered, trace=None, name=""):
     K = config.block_size
     if staggered:
         h, mask = stagger(h, mask, K)                            # [B, P+K, M]
-    h, hg, probs = global_local_attention(h, hg, mask, p["self_attn"], config.encoder_attention_heads, K)
+    h, hg, probs = global_local_attention(h, hg, mask, p["self_attn"], config.encoder_attention_heads, K,
+                                          output_attentions=output_attentions)
     record(trace, f"{name}.self_attn", h)
     record(trace, f"{name}.self_attn.global", hg)
     if staggered:
@@ -154,13 +161,12 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
         if output_hidden_states:
             hidden_states.append(x)
         x, g, probs = encoder_layer(x, g, mask, layer_p, config, config.is_staggered(i), trace,
-                                    f"model.encoder.layers.{i}")
+                                    f"model.encoder.layers.{i}", output_attentions)
         if checks:  # inf/NaN is reported with the layer where it appeared (precision.py)
             assert_finite(x, f"model.encoder.layers.{i} (tokens)", dtype)
             assert_finite(g, f"model.encoder.layers.{i} (global tokens)", dtype)
         if output_attentions:
             attentions.append(probs)
-        del probs  # else the next layer would run while these probabilities (0.6 GB at 16k tokens) are alive
 
     x = layer_norm(x[:, :T], p["layer_norm"])                    # [B, T, M] tokens only
     record(trace, "model.encoder.layer_norm", x)

@@ -863,8 +863,9 @@ The heart of PEGASUS-X. Signature and contract (as `minipegx.encoder.global_loca
 ```
 x    [B, P, M] tokens, P a multiple of K       g [B, G, M] global tokens
 mask [B, P] additive (0 or finfo.min)          p {"q_proj", "k_proj", "v_proj", "out_proj"}: {"weight": [M, M]}, no biases
+output_attentions: whether the caller wants the probabilities (returning them always is fine too)
 returns (token output [B, P, M], global output [B, G, M],
-         {"local": [B, H, N, K, G+K], "global": [B, H, G, G+P]})
+         {"local": [B, H, N, K, G+K], "global": [B, H, G, G+P]} or None)
 ```
 
 * a token attends the G global tokens and the K tokens of its block (keys: globals first);
@@ -875,7 +876,7 @@ Fill in the scaffold below (it is not run by the checker until you call `check`)
 buggy version after it.
 """),
     code("""
-def my_global_local_attention(x, g, mask, p, num_heads, block_size):
+def my_global_local_attention(x, g, mask, p, num_heads, block_size, output_attentions=True):
     B, P, M = x.shape
     G, H, K = g.shape[1], num_heads, block_size
     N, D = P // K, M // H
@@ -890,7 +891,7 @@ A student's version, written with a loop over blocks for readability — and one
 are never scaled by D^-1/2. The report points at the first encoder attention.
 """),
     code("""
-def student_attention(x, g, mask, p, num_heads, block_size, scale_queries=False):
+def student_attention(x, g, mask, p, num_heads, block_size, output_attentions=True, scale_queries=False):
     B, P, M = x.shape
     G, H, K = g.shape[1], num_heads, block_size
     N, D = P // K, M // H
@@ -932,8 +933,8 @@ Fixed: scale the queries. Note that scaling the *scores* after the product inste
 queries, and matching its order of operations is what keeps fp16/bf16 runs close too.
 """),
     code("""
-def fixed_attention(*args):
-    return student_attention(*args, scale_queries=True)
+def fixed_attention(*args, **kwargs):
+    return student_attention(*args, **kwargs, scale_queries=True)
 
 report = check(encoder__global_local_attention=fixed_attention)
 """),

@@ -86,6 +86,18 @@ def test_encoder_attentions_have_the_reference_local_and_global_layout(tmp_path)
         assert max_err(mine["global"], theirs["global"]) <= ACT_TOL
 
 
+def test_skipping_the_attention_probabilities_changes_no_output(tmp_path):
+    # Without output_attentions the encoder never writes out the local probabilities (a speed-up);
+    # the block loop is the same, so the outputs must be identical bit for bit (tolerance 0).
+    _, model = pair(tmp_path, encoder_layers=2, num_global_tokens=3, block_size=4)
+    ids, mask = random_batch(np.random.default_rng(3), model.config.vocab_size, 2, 10, pad_rows=[1])
+    with_probs = model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :2], output_attentions=True)
+    without = model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :2])
+    assert without.encoder_attentions is None
+    assert np.array_equal(with_probs.encoder_last_hidden_state, without.encoder_last_hidden_state)
+    assert np.array_equal(with_probs.logits, without.logits)
+
+
 def test_decoder_self_and_cross_attentions_match(tmp_path):
     ref, model = pair(tmp_path)
     ids, mask = random_batch(np.random.default_rng(3), model.config.vocab_size, 2, 9, pad_rows=[1])

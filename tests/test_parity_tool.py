@@ -23,8 +23,8 @@ def test_a_broken_layer_is_named_as_the_first_divergence(tmp_path):
     ids, mask = random_batch(np.random.default_rng(1), model.config.vocab_size, 1, 9)
     correct = minipegx.encoder.global_local_attention
 
-    def student_attention(x, g, mask, p, num_heads, block_size):  # forgets to drop nothing, but scales
-        tokens, global_tokens, probs = correct(x, g, mask, p, num_heads, block_size)
+    def student_attention(x, g, mask, p, num_heads, block_size, output_attentions=True):  # scales its output
+        tokens, global_tokens, probs = correct(x, g, mask, p, num_heads, block_size, output_attentions)
         return tokens * 1.5, global_tokens, probs
 
     report = parity.compare(None, ids, mask, model=model, reference=ref,
