@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import random
 
-# Measured with the demo spiece.model on generated text (tools/train_demo.py prints it again).
-TOKENS_PER_WORD = 1.91
+# Measured with the demo spiece.model on generated text (tools/train_demo.py prints it again): every word is
+# one piece (train_demo.add_word_pieces); punctuation adds the rest.
+TOKENS_PER_WORD = 1.11
 
 NAMES = """Mirela Tobias Anika Bertram Corin Dalia Emeric Fenna Gideon Halvard Ilse Joran Katrin Leopold
 Marit Nils Odile Perrin Quilla Rasmus Saskia Tamsin Ulric Verena Wendel Xenia Yorick Zelda Albin Brisa

@@ -35,8 +35,9 @@ import demo_data  # noqa: E402
 SEED = 1234
 EXAMPLE_SEED = 2024             # the bundled example document (a stream neither training nor eval uses)
 EXAMPLE_TOKENS = 2500
-SPM_VOCAB = 400                 # sentencepiece pieces; model vocab = SPM_VOCAB + 103 (Pegasus' offset)
+SPM_VOCAB = 400                 # pieces sentencepiece trains (it cannot train more on this corpus, see below)
 SPM_TEXT_DOCS = 400             # generated documents the vocabulary is trained on
+WORD_PIECES = True              # then add every word of the corpus as one piece (add_word_pieces)
 
 MODEL = dict(
     d_model=128,
@@ -76,9 +77,9 @@ MODEL = dict(
 # from their priors" plateau (~1.18 nats/token) for 1,200+ steps.
 STAGES = [
     ("bootstrap", 600, 40, 160, 3000, 2e-3, 100),
-    ("medium", 400, 300, 1200, 6000, 1.5e-3, 50),
-    ("long", 600, 1000, 4000, 8000, 1e-3, 50),
-    ("long2", 1000, 500, 4000, 8000, 7e-4, 50),   # added after "long" gave 19% exact match (quick check)
+    ("medium", 600, 300, 1200, 6000, 1.5e-3, 50),
+    ("long", 7000, 500, 4000, 8000, 1e-3, 100),
+    ("polish", 1400, 300, 4000, 8000, 3e-4, 50),   # added after "long" gave 85% exact match (greedy, held out)
 ]
 PILOT_STAGES = [("bootstrap", 150, 40, 160, 3000, 2e-3, 100)]
 EMBED_INIT_STD = 0.1            # token embeddings (x sqrt(d_model) = 11.3): norm ~12.8 against the sinusoidal
@@ -87,8 +88,9 @@ EMBED_INIT_STD = 0.1            # token embeddings (x sqrt(d_model) = 11.3): nor
 WEIGHT_DECAY = 0.01
 CLIP = 1.0
 SAVE_EVERY = 100
-THREADS = 1                     # measured: with 2 shared cores, 1 thread ran ~5x faster than 2 (no OpenMP
-                                # barrier stalls when other jobs hold a core); also part of bitwise determinism
+THREADS = 2                     # measured on an idle 2-core machine: 2 threads 1.8x faster than 1; but when other
+                                # jobs share the cores, use --threads 1 (OpenMP barrier stalls made 2 threads ~5x
+                                # slower than 1 there). The thread count is part of bitwise determinism.
 
 GENERATION = dict(
     num_beams=4,
@@ -121,7 +123,40 @@ def train_sentencepiece(out_dir: str) -> str:
     for ext in (".vocab",):
         if os.path.exists(prefix + ext):
             os.unlink(prefix + ext)
+    if WORD_PIECES:
+        add_word_pieces(prefix + ".model", texts)
     return prefix + ".model"
+
+
+def add_word_pieces(model_path: str, texts) -> int:
+    """Give every word of the corpus its own piece, so a name, a number or a place is one token.
+
+    sentencepiece's unigram trainer stops at 424 pieces on this corpus (whatever vocab_size asks; its
+    pruning keeps "▁to" + "wn" over "▁town"), which split names into up to 5 pieces; a slot copied piece
+    by piece is a slot half-copied ("7" for "70"). Each missing word "▁w" is appended as a NORMAL piece
+    scored log(count / total count), its unigram log-probability, which beats the sum of its parts', so
+    the model stays a plain unigram spiece.model: sentencepiece and transformers' PegasusTokenizer
+    segment with the same scores and give the same ids (load_tokenizer checks). Returns the pieces added."""
+    import collections
+    import math
+    import re
+
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    model = pb.ModelProto()
+    with open(model_path, "rb") as f:
+        model.ParseFromString(f.read())
+    have = {p.piece for p in model.pieces}
+    counts = collections.Counter(w for t in texts for w in re.findall(r"[A-Za-z0-9]+", t))
+    total = sum(counts.values())
+    added = 0
+    for word, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):   # deterministic order
+        if "\u2581" + word not in have:
+            piece = model.pieces.add()
+            piece.piece, piece.score, piece.type = "\u2581" + word, math.log(count / total), piece.NORMAL
+            added += 1
+    with open(model_path, "wb") as f:
+        f.write(model.SerializeToString())
+    return added
 
 
 def load_tokenizer(model_dir: str):
@@ -133,8 +168,10 @@ def load_tokenizer(model_dir: str):
     assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
     assert len(tok) == sp.get_piece_size() + 103, (len(tok), sp.get_piece_size())
     assert (tok.pad_token_id, tok.eos_token_id) == (0, 1)
-    probe = "According to the town ledger, Mirela carried 47 lanterns to Ostbridge."
-    assert tok(probe).input_ids == [i + 103 for i in sp.encode(probe)] + [1]
+    probes = ["According to the town ledger, Mirela carried 47 lanterns to Ostbridge."]
+    probes += [text for i in range(5) for text in demo_data.make_example(random.Random(SEED + 7 + i), 1500)]
+    for probe in probes:
+        assert tok(probe).input_ids == [i + 103 for i in sp.encode(probe)] + [1], probe[:80]
     return tok
 
 
