@@ -31,12 +31,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo_data  # noqa: E402
 
 EVAL_SEED = 987_654_321
-BANDS = [("short", 300, 1000, 50), ("train", 1000, 4000, 100), ("long", 6000, 8000, 50)]
+BANDS = [("short", 300, 1000, 500), ("train", 1000, 4000, 1000), ("long", 6000, 8000, 200)]
 QUICK_BANDS = [("short", 300, 1000, 16), ("train", 1000, 4000, 16)]
 
 
 def norm(s: str) -> str:
     return " ".join(s.split())
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion (sound near 0 and 1, unlike p +- 1.96 se)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
 
 
 def facts(s: str) -> list[str]:
@@ -66,7 +74,8 @@ def evaluate(model, tok, band, decoding: dict, batch_tokens: int = 16000, rouge=
     hit = sum(sum(f in facts(p) for f in facts(t)) for p, (_, t) in zip(preds, pairs))
     res = {"band": name, "requested_tokens": [lo, hi], "n": n,
            "tokens_min": min(lengths), "tokens_median": sorted(lengths)[n // 2], "tokens_max": max(lengths),
-           "exact_match": exact, "fact_recall": hit / true_facts}
+           "exact_match": exact, "exact_match_ci95": wilson_interval(round(exact * n), n),
+           "fact_recall": hit / true_facts}
     if rouge is not None:
         scores = [rouge.score(t, p) for p, (_, t) in zip(preds, pairs)]
         for k in ("rouge1", "rouge2", "rougeL"):
@@ -99,6 +108,8 @@ def main(argv=None):
     ap.add_argument("--decoding", choices=["both", "beam", "greedy"], default="both")
     ap.add_argument("--bands", help="comma-separated subset of: " + ",".join(b[0] for b in BANDS))
     ap.add_argument("--limit", type=int, help="first N documents of each band (the same documents as the full run)")
+    ap.add_argument("--docs", type=int, help="N documents per band instead of the band's default (the first ones "
+                                             "are the default run's documents: one seed stream per band)")
     args = ap.parse_args(argv)
 
     import torch
@@ -122,6 +133,8 @@ def main(argv=None):
     else:
         chosen = ["beam", "greedy"] if args.decoding == "both" else [args.decoding]
         bands = [b for b in BANDS if not args.bands or b[0] in args.bands.split(",")]
+    if args.docs:
+        bands = [(name, lo, hi, args.docs) for name, lo, hi, _ in bands]
     if args.limit:
         bands = [(name, lo, hi, min(n, args.limit)) for name, lo, hi, n in bands]
     results = {"model": args.model, "eval_seed": EVAL_SEED, "torch_threads": 2, "results": []}
