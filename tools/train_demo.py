@@ -1,6 +1,6 @@
 """Train the small demo PEGASUS-X that ships as minipegx's default model (a tool, not the runtime).
 
-    python tools/train_demo.py --out minipegx/data/demo            # the full recipe (~40 min, 2 CPU cores)
+    python tools/train_demo.py --out minipegx/data/demo            # the full recipe (~43 min on 2 idle CPU cores)
     python tools/train_demo.py --out /tmp/pilot --pilot            # a 2-3 minute check that loss falls
 
 Steps, all seeded (see docs/demo_model.md):
@@ -303,9 +303,8 @@ def main():
 
     if not args.skip_eval:
         import eval_demo
-        # Greedy on every band (~5 min on 2 cores); the beam rows in docs/demo_model.md were run separately
-        # with --decoding beam --bands train --limit 30 (and long --limit 20): beam search is ~5x slower here.
-        eval_demo.main(["--model", args.out, "--decoding", "greedy",
+        # Beam (the shipped default) and greedy on every band: ~6.5 min on 2 cores (the table in docs/demo_model.md).
+        eval_demo.main(["--model", args.out, "--decoding", "greedy" if args.pilot else "both",
                         "--out", os.path.join(work if args.pilot else args.out, "eval_results.json")]
                        + (["--quick"] if args.pilot else []))
 
