@@ -12,7 +12,7 @@ Steps, all seeded (see docs/demo_model.md):
      linear warmup then cosine decay, writing a usable checkpoint every few hundred steps;
   4. evaluate on held-out documents with tools/eval_demo.py.
 
-Uses torch + transformers + sentencepiece; none of them is needed to *run* the shipped model.
+Uses torch + transformers + sentencepiece (+ protobuf, for add_word_pieces); none is needed to *run* the shipped model.
 Determinism: the data of step i depends only on (SEED, i), and torch is seeded, so a rerun on the
 same machine gives the same checkpoint; torch CPU kernels do not promise the same bits elsewhere.
 """
