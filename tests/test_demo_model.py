@@ -58,3 +58,12 @@ def test_the_demo_summaries_equal_transformers_generate(both, num_beams):
         mine = np.asarray(model.generate(ids.numpy(), num_beams=num_beams))[0].tolist()
         assert mine == expected
         assert minipegx.summarize(doc, num_beams=num_beams) == ref_tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_every_slot_word_of_the_task_is_one_demo_token(both):
+    # The recipe gives every corpus word its own piece (tools/train_demo.py add_word_pieces), so the
+    # model copies a name, number, object or place as one token.
+    _, tokenizer, _, _ = both
+    slots = demo_data.NAMES + demo_data.PLACES + demo_data.VERBS + demo_data.OBJECTS + [str(n) for n in range(2, 100)]
+    split = [w for w in slots if len(tokenizer.encode(w)) != 2]          # the word and </s>
+    assert split == []
