@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,11 +82,14 @@ def _reference_modules():
 
 def load_reference(checkpoint):
     """transformers' PegasusXForConditionalGeneration from a checkpoint directory, in eval mode, with
-    its progress bars and info logs silenced (notebooks and reports stay readable)."""
-    _, transformers = _reference_modules()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    return transformers.PegasusXForConditionalGeneration.from_pretrained(checkpoint).eval()
+    its progress bars, info logs and tqdm's "IProgress not found" notebook hint silenced (notebooks and
+    reports stay readable)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        _, transformers = _reference_modules()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        return transformers.PegasusXForConditionalGeneration.from_pretrained(checkpoint).eval()
 
 
 @contextlib.contextmanager
