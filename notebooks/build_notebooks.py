@@ -276,7 +276,7 @@ Cross-attention keys/values are computed once per input (`cross_kv`) and reused 
 We feed three decoder tokens: the start token and the first two tokens of the reference summary.
 """),
     code("""
-summary_ids = tok(["Jessa sent 18 boots to Juniper."], return_tensors="np")["input_ids"]
+summary_ids = tok(["Wendel returned 87 blankets to Ironmere."], return_tensors="np")["input_ids"]   # the first true fact
 dec_ids = np.concatenate([np.zeros((1, 1), np.int64), summary_ids[:, :2]], 1).repeat(B, 0)   # [B, S]
 S = dec_ids.shape[1]
 y = layers.embed_tokens(dec_ids, table, math.sqrt(M)) + layers.sinusoidal_positions(0, S, M, np)  # [B, S, M]
@@ -297,8 +297,9 @@ y = layers.layer_norm(y, P["decoder"]["layer_norm"])           # [B, S, M]
 ## 9. The LM head: the embedding table again
 
 The logits are the final hidden states times the (tied) embedding table: `[B, S, M] @ [M, V]`.
-No bias, no √M here. (The two paragraphs we fed hold none of the document's facts, so the model's
-best first token may well be `</s>`: an empty summary is the right answer for them.)
+No bias, no √M here. (The first paragraph we fed holds the document's first key sentence, "According to
+the market ledger, Wendel returned 87 blankets to Ironmere.", and we fed the start of that fact as the
+decoder's input: row 0's predictions should continue it.)
 """),
     code("""
 logits = layers.linear(y, model.lm_head_weight)                # [B, S, V]
@@ -333,12 +334,9 @@ differences are larger. Only the order of floating-point sums differs. If transf
 and skips the comparison.
 """),
     code("""
-import warnings
-
 import minipegx.parity
 from minipegx.errors import BackendError
 
-warnings.filterwarnings("ignore", message="IProgress not found")   # tqdm's notebook hint, from transformers
 try:
     ref = minipegx.parity.load_reference(minipegx.demo_model_path())   # transformers, quietly
 except BackendError as e:
@@ -445,7 +443,7 @@ viz.plot_attention_pattern(cfg, T, layer=None, attention_mask=mask)
     md("""
 ## 2. The real probabilities on the long example document
 
-We encode the whole example document (about 2 500 tokens, 39 blocks) with `output_attentions=True`.
+We encode the whole example document (about 2 500 tokens, 40 blocks of 64) with `output_attentions=True`.
 Each layer returns the blocked tensors, never a T × T matrix:
 `local [B, H, N, K, G+K]` (N + 1 blocks in a staggered layer) and `global [B, H, G, G+P]`.
 """),
@@ -723,23 +721,20 @@ for lp in (0.5, 2.0):
 ## 4. The same ids as transformers (when installed)
 
 transformers' `generate` on the same checkpoint, with the same options, gives the same ids — here on
-three paragraphs of the document that hold two of its facts (transformers' beam search copies the
-encoder output for every beam, which makes it slow on all 2 500 tokens).
+the document's first eight paragraphs (~670 tokens), which hold two of its facts (transformers' beam
+search copies the encoder output for every beam, which makes it slow on all 2 500 tokens).
 """),
     code("""
-import warnings
-
 import minipegx.parity
 from minipegx.errors import BackendError
 
-warnings.filterwarnings("ignore", message="IProgress not found")   # tqdm's notebook hint, from transformers
 try:
     ref = minipegx.parity.load_reference(minipegx.demo_model_path())   # transformers, quietly
 except BackendError as e:
     print(f"skipping the comparison: {e}")
 else:
     import torch
-    short = tok(["\\n\\n".join(minipegx.example_document().split("\\n\\n")[7:10])], return_tensors="np")
+    short = tok(["\\n\\n".join(minipegx.example_document().split("\\n\\n")[:8])], return_tensors="np")
     with torch.no_grad():
         ref_ids = ref.generate(torch.as_tensor(short["input_ids"]), attention_mask=torch.as_tensor(short["attention_mask"]),
                                num_beams=4, max_new_tokens=40).numpy()
@@ -794,7 +789,7 @@ path = minipegx.demo_model_path()
 model = minipegx.from_pretrained(path)
 reference = parity.load_reference(path)          # transformers, quietly
 tok = minipegx.Tokenizer.from_pretrained(path)
-text = "\\n\\n".join(minipegx.example_document().split("\\n\\n")[:2])   # ~260 tokens: quick, 5 blocks
+text = "\\n\\n".join(minipegx.example_document().split("\\n\\n")[:2])   # ~190 tokens: quick, 4 blocks
 batch = tok([text], return_tensors="np")
 ids, mask = batch["input_ids"], batch["attention_mask"]
 cfg = model.config
@@ -821,7 +816,7 @@ print(report)
 Two things to notice. The errors grow with depth: the residual stream of a trained model (never
 normalized, only added to) grows layer after layer, and float32 rounding grows with it. And `embed_positions` is not exactly equal: NumPy's and
 torch's float32 `exp` and `sin` may differ in the last bit, and at position t a one-ulp difference
-in a frequency becomes t times larger. On this 260-token input both stay far below tolerance; on
+in a frequency becomes t times larger. On this 190-token input both stay far below tolerance; on
 inputs of thousands of tokens they can cross a fixed tolerance without any bug (see
 [docs/parity.md](../docs/parity.md)), so exercises use short inputs.
 """),
