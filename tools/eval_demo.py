@@ -77,12 +77,12 @@ def evaluate(model, tok, band, decoding: dict, batch_tokens: int = 16000, rouge=
         for j, text in zip(idx, tok.batch_decode(out, skip_special_tokens=True)):
             preds[j] = text
         i += bs
-    exact = sum(norm(p) == norm(t) for p, (_, t) in zip(preds, pairs)) / n
+    n_exact = sum(norm(p) == norm(t) for p, (_, t) in zip(preds, pairs))
     true_facts = sum(len(facts(t)) for _, t in pairs)
     hit = sum(sum(f in facts(p) for f in facts(t)) for p, (_, t) in zip(preds, pairs))
     res = {"band": name, "requested_tokens": [lo, hi], "n": n,
            "tokens_min": min(lengths), "tokens_median": sorted(lengths)[n // 2], "tokens_max": max(lengths),
-           "exact_match": exact, "exact_match_ci95": wilson_interval(round(exact * n), n),
+           "exact_match": n_exact / n, "exact_match_ci95": wilson_interval(n_exact, n),
            "fact_recall": hit / true_facts}
     if rouge is not None:
         scores = [rouge.score(t, p) for p, (_, t) in zip(preds, pairs)]
@@ -155,7 +155,7 @@ def main(argv=None):
             r.update(decoding=dname, decoding_args=decodings[dname], seconds=round(time.time() - t0, 1))
             predictions.append({"band": r["band"], "decoding": dname, "predictions": r.pop("predictions")})
             results["results"].append(r)
-            print(json.dumps({k: v for k, v in r.items() if k not in ("examples_wrong", "predictions")}), flush=True)
+            print(json.dumps({k: v for k, v in r.items() if k != "examples_wrong"}), flush=True)
             for w in r["examples_wrong"][:1]:
                 print("  wrong:", w, flush=True)
     with open(args.out, "w") as f:
