@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import BackendError
+from .tree import tree_map  # noqa: F401  (its home is tree.py; B_.tree_map kept for callers)
 
 BACKENDS = ("numpy", "cupy")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -107,12 +108,3 @@ def to_numpy(x):
     if type(x).__module__.split(".")[0] == "cupy":
         return x.get()
     return np.asarray(x)
-
-
-def tree_map(fn, tree):
-    """Apply fn to every array leaf of a nested dict / list parameter tree."""
-    if isinstance(tree, dict):
-        return {k: tree_map(fn, v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(tree_map(fn, v) for v in tree)
-    return fn(tree)

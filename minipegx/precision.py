@@ -96,7 +96,7 @@ def assert_weights_fit(params, dtype):
     """At load: a weight whose values pass float16's range would become inf silently when cast; name it."""
     if np.dtype(dtype) != np.float16:
         return
-    from .checkpoint import flatten_params
+    from .tree import flatten_params
 
     bad = [name for name, a in flatten_params(params).items()
            if getattr(a, "dtype", None) == np.float16 and not bool(array_module(a).isfinite(a).all())]

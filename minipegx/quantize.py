@@ -190,7 +190,7 @@ def _copy_tree(tree):
 
 def weight_bytes(params) -> int:
     """Bytes held by every parameter (quantized containers count their packed arrays and scales)."""
-    from .checkpoint import flatten_params
+    from .tree import flatten_params
 
     return sum(int(v.nbytes) for v in flatten_params(params).values())
 
@@ -206,7 +206,8 @@ def save_quantized(model, directory) -> str:
     """Write a quantized model: config.json, generation_config.json, model.safetensors (packed tensors,
     unquantized tensors in float32) and quantization_config.json; tokenizer files are copied along when
     the model was loaded from a directory that has them. Returns the directory."""
-    from .checkpoint import flatten_params, save_params
+    from .checkpoint import save_params
+    from .tree import flatten_params
 
     mode = quantization_mode(model.params)
     if mode is None:
@@ -257,7 +258,8 @@ def read_quant_config(path):
 
 def load_quantized(path, config):
     """The params tree (NumPy arrays and containers) of a directory written by save_quantized."""
-    from .checkpoint import expected_shapes, read_state_dict, unflatten_params
+    from .checkpoint import expected_shapes, read_state_dict
+    from .tree import unflatten_params
 
     mode = read_quant_config(path)
     flat = dict(read_state_dict(os.fspath(path)))
