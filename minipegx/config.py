@@ -8,15 +8,28 @@ All validation lives here, once.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 from dataclasses import dataclass, field
 
+from . import limits
 from .errors import CheckpointNotFoundError, ConfigError
+from .limits import bounded_repr
 
 # Activations the FFN implements (transformers' ACT2FN names).
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "silu", "swish",
                "tanh", "sigmoid")
+
+# Each size field and the limit (limits.py) that bounds it: a config.json is untrusted input, and
+# encoder_layers 10000000 or block_size 2**30 would exhaust memory long before any weight is read.
+SIZE_FIELDS = {"vocab_size": "max_vocab_size", "max_position_embeddings": "max_position_embeddings",
+               "encoder_layers": "max_layers", "decoder_layers": "max_layers", "encoder_ffn_dim": "max_ffn_dim",
+               "decoder_ffn_dim": "max_ffn_dim", "encoder_attention_heads": "max_heads",
+               "decoder_attention_heads": "max_heads", "d_model": "max_d_model", "block_size": "max_block_size",
+               "num_global_tokens": "max_global_tokens"}
+BOOL_FIELDS = ("use_cache", "is_encoder_decoder", "scale_embedding", "stagger_local_blocks", "tie_word_embeddings")
+FLOAT_FIELDS = ("encoder_layerdrop", "decoder_layerdrop", "dropout", "attention_dropout", "activation_dropout",
+                "init_std")
 
 
 @dataclass(frozen=True)
@@ -57,24 +70,32 @@ class PegasusXConfig:
 
     # ------------------------------------------------------------------ validation, in one place
     def validate(self) -> None:
-        def positive_int(name):
+        """Types first (every field), then bounds (limits.py), then consistency between fields."""
+        lim = limits.current()
+        for name, bound in SIZE_FIELDS.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"config field {name} must be a positive integer, got {v!r}")
-
+                raise ConfigError(f"config field {name} must be a positive integer, got {bounded_repr(v)}")
+            if v > getattr(lim, bound):
+                raise ConfigError(f"config field {name}: " + limits.over_limit("it", v, bound))
+        for name in BOOL_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ConfigError(f"config field {name} must be true or false (a JSON boolean), got "
+                                  f"{bounded_repr(v)}; transformers would treat any non-empty string, even "
+                                  "\"false\", as true, so minipegx refuses to guess")
+        for name in FLOAT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"config field {name} must be a finite number, got {bounded_repr(v)}")
+        for name in ("activation_function", "model_type"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"config field {name} must be a string, got {bounded_repr(getattr(self, name))}")
         if self.model_type != "pegasus_x":
             raise ConfigError(
-                f"model_type is {self.model_type!r}, but minipegx only runs 'pegasus_x' checkpoints "
+                f"model_type is {bounded_repr(self.model_type)}, but minipegx only runs 'pegasus_x' checkpoints "
                 "(google/pegasus-x-base, -large and their fine-tunes)"
             )
-        for name in ("vocab_size", "max_position_embeddings", "encoder_layers", "encoder_ffn_dim",
-                     "encoder_attention_heads", "decoder_layers", "decoder_ffn_dim", "decoder_attention_heads",
-                     "d_model", "block_size"):
-            positive_int(name)
-        if isinstance(self.num_global_tokens, bool) or not isinstance(self.num_global_tokens, int) \
-                or self.num_global_tokens < 1:
-            raise ConfigError(f"config field num_global_tokens must be a positive integer, got "
-                              f"{self.num_global_tokens!r}")
         for heads in ("encoder_attention_heads", "decoder_attention_heads"):
             if self.d_model % getattr(self, heads):
                 raise ConfigError(f"d_model ({self.d_model}) must be divisible by {heads} "
@@ -85,18 +106,20 @@ class PegasusXConfig:
             raise ConfigError(f"block_size ({self.block_size}) must be even when stagger_local_blocks is on "
                               "(staggered layers shift blocks by block_size / 2)")
         if self.activation_function not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation_function {self.activation_function!r}; "
+            raise ConfigError(f"unknown activation_function {bounded_repr(self.activation_function)}; "
                               f"minipegx implements {', '.join(ACTIVATIONS)}")
         for name in ("pad_token_id", "decoder_start_token_id"):
             v = getattr(self, name)
             if v is None or isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.vocab_size:
-                raise ConfigError(f"config field {name} must be a token id in [0, {self.vocab_size}), got {v!r}")
+                raise ConfigError(f"config field {name} must be a token id in [0, {self.vocab_size}), got "
+                                  f"{bounded_repr(v)}")
         for name in ("eos_token_id", "forced_eos_token_id"):
             v = getattr(self, name)
             ids = v if isinstance(v, list) else [] if v is None else [v]
             for i in ids:
                 if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
-                    raise ConfigError(f"config field {name} must hold token ids in [0, {self.vocab_size}), got {v!r}")
+                    raise ConfigError(f"config field {name} must hold token ids in [0, {self.vocab_size}), got "
+                                      f"{bounded_repr(v)}")
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -121,10 +144,6 @@ class PegasusXConfig:
             raise ConfigError("config.json has no model_type; a PEGASUS-X config says \"model_type\": \"pegasus_x\"")
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
-        for k in ("encoder_layerdrop", "decoder_layerdrop", "dropout", "attention_dropout",
-                  "activation_dropout", "init_std"):
-            if k in known and not isinstance(known[k], (int, float)):
-                raise ConfigError(f"config field {k} must be a number, got {known[k]!r}")
         return cls(**known, extra=extra)
 
     @classmethod
@@ -135,11 +154,7 @@ class PegasusXConfig:
         if not os.path.isfile(path):
             raise CheckpointNotFoundError(f"no config.json at {path}: a checkpoint directory needs the model's "
                                           "config.json beside its weights")
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); re-download or re-save the config") from e
+        d = limits.read_json(path, "config.json")
         try:
             return cls.from_dict(d)
         except ConfigError as e:

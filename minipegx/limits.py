@@ -222,22 +222,24 @@ def parse_json(data: bytes, what: str, error=ConfigError, size_limit: str = "max
 
 
 def read_json(path, what: str, error=ConfigError) -> dict:
-    """The JSON object in a file, read under the limits; `error` (a MiniPegxError type) for any problem."""
+    """The JSON object in a file, read under the limits; `error` (a MiniPegxError type) for any problem.
+
+    what: the file's role, e.g. "config.json" or "the shard index" (messages name the path and it)."""
     path = os.fspath(path)
+    label = path if os.path.basename(path) == what else f"{path} ({what})"
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before open(): opening a FIFO would wait forever
+            raise error(f"{label} is not a regular file")
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise error(f"{what} ({path}) is not a regular file")
-            limit = current().max_json_bytes
-            if st.st_size > limit:
-                raise error(f"{what} ({path}): " + over_limit("its size", f"{st.st_size} bytes", "max_json_bytes"))
-            data = f.read(limit + 1)
+            if st.st_size > current().max_json_bytes:
+                raise error(f"{label}: " + over_limit("its size", f"{st.st_size} bytes", "max_json_bytes"))
+            data = f.read(current().max_json_bytes + 1)
     except OSError as e:
-        raise error(f"cannot read {what} ({path}): {e.strerror}") from None
-    obj = parse_json(data, f"{what} ({path})", error)
+        raise error(f"cannot read {label}: {e.strerror}") from None
+    obj = parse_json(data, label, error)
     if not isinstance(obj, dict):
-        raise error(f"{what} ({path}) must hold a JSON object, not {_json_type(obj)}")
+        raise error(f"{label} must hold a JSON object, not {_json_type(obj)}")
     return obj
 
 

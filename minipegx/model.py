@@ -8,7 +8,6 @@ functions stay free of checks that hide the math.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -292,6 +291,7 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     (docs/precision.md). quantize: None | 'int8' | 'nf4', weight-only quantization of every linear layer
     (quantize.py); a directory written by quantize.save_quantized loads quantized as saved."""
     from .checkpoint import load_params
+    from .limits import read_json
 
     if path is None:
         path = demo_model_path()
@@ -321,15 +321,8 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
 
     params = B_.tree_map(place, params)
     assert_weights_fit(params, compute)  # float16 has no inf-free cast for weights past 65504
-    gen = {}
     gpath = os.path.join(path, "generation_config.json")
-    if os.path.isfile(gpath):
-        try:
-            with open(gpath, encoding="utf-8") as f:
-                gen = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            from .errors import ConfigError
-            raise ConfigError(f"{gpath} is not valid JSON ({e}); fix or delete it") from e
+    gen = read_json(gpath, "generation_config.json") if os.path.isfile(gpath) else {}
     return PegasusX(config, params, backend, str(compute), gen, path)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from .backend import array_module, to_device, to_numpy
 from .errors import CheckpointError, ConfigError
+from .limits import read_json
 
 MODES = ("int8", "nf4")
 NF4_BLOCK = 64
@@ -243,12 +244,8 @@ def read_quant_config(path):
     file = os.path.join(os.fspath(path), QUANT_CONFIG)
     if not os.path.isfile(file):
         return None
-    try:
-        with open(file, encoding="utf-8") as f:
-            qc = json.load(f)
-        mode = qc["mode"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{file} is not a minipegx quantization config ({e}); re-save the model") from e
+    qc = read_json(file, QUANT_CONFIG, CheckpointError)
+    mode = qc.get("mode")
     if qc.get("quant_method") != "minipegx" or mode not in MODES or qc.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{file} describes {qc.get('quant_method')!r} {mode!r} version "
                               f"{qc.get('format_version')!r}; minipegx reads its own int8/nf4 format, version "

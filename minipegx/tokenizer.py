@@ -33,7 +33,7 @@ Known differences from transformers, each on purpose:
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 import sys
@@ -43,6 +43,7 @@ import numpy as np
 import sentencepiece as spm
 
 from .errors import MiniPegxWarning, TokenizerError, TruncationWarning
+from .limits import bounded_repr, read_json
 
 OFFSET = 103                                  # transformers' PegasusTokenizer(offset=103)
 PAD, EOS, MASK_SENT, MASK = "<pad>", "</s>", "<mask_1>", "<mask_2>"
@@ -120,13 +121,11 @@ class Tokenizer:
         _check_special_tokens(config, os.path.join(path, "tokenizer_config.json"))
         _check_special_tokens(_read_json(os.path.join(path, "special_tokens_map.json")),
                               os.path.join(path, "special_tokens_map.json"))
-        max_len = config.get("model_max_length")
-        if max_len is not None and not isinstance(max_len, (int, float)):
-            raise TokenizerError(f"{path}/tokenizer_config.json: model_max_length={max_len!r} is not a number")
+        max_len = _max_length(config.get("model_max_length"), path)
         return cls(
             model_path,
-            model_max_length=None if max_len is None else int(max_len),
-            clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False),
+            model_max_length=max_len,
+            clean_up_tokenization_spaces=_flag(config, "clean_up_tokenization_spaces", path),
             _limit_source=f"model_max_length={max_len} from {path}/tokenizer_config.json",
         )
 
@@ -379,16 +378,27 @@ def _load_spiece(path: str):
 
 def _read_json(path: str) -> dict:
     """The JSON object in path, {} when the file is absent, TokenizerError when it is broken."""
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path} is not valid JSON ({e}): fix or delete it") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path} should hold a JSON object, not {type(data).__name__}")
-    return data
+    return read_json(path, os.path.basename(path), TokenizerError) if os.path.isfile(path) else {}
+
+
+def _max_length(value, path: str) -> int | None:
+    """model_max_length from tokenizer_config.json: None (absent, or transformers' 1e30 "no limit"
+    sentinel) or a whole number >= 1; NaN, inf, negative, fractional or non-numbers are refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 \
+            or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
+        raise TokenizerError(f"{path}/tokenizer_config.json: model_max_length={bounded_repr(value)} is not a whole "
+                             "number >= 1 (transformers writes 1e30 for no limit)")
+    return None if value >= NO_LIMIT else int(value)
+
+
+def _flag(config: dict, key: str, path: str) -> bool:
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise TokenizerError(f"{path}/tokenizer_config.json: {key}={bounded_repr(value)} must be true or false (a "
+                             "JSON boolean; the string \"false\" would count as true)")
+    return value
 
 
 def _check_special_tokens(config: dict, path: str) -> None:
@@ -400,9 +410,9 @@ def _check_special_tokens(config: dict, path: str) -> None:
         if isinstance(value, dict):            # a serialized AddedToken
             value = value.get("content")
         if value != want:
-            raise TokenizerError(f"{path}: {key}={value!r}, but minipegx supports Pegasus' {want!r} only")
+            raise TokenizerError(f"{path}: {key}={bounded_repr(value)}, but minipegx supports Pegasus' {want!r} only")
     if config.get("offset", OFFSET) != OFFSET:
-        raise TokenizerError(f"{path}: offset={config['offset']!r}, but minipegx supports Pegasus' {OFFSET} only")
+        raise TokenizerError(f"{path}: offset={bounded_repr(config['offset'])}, but minipegx supports Pegasus' {OFFSET} only")
 
 
 def _as_text(item, index: int) -> str:
