@@ -11,18 +11,24 @@
 
 from .config import PegasusXConfig
 from .errors import *  # noqa: F401,F403  (MiniPegxError and friends)
-from .model import EncoderOutput, PegasusX, Seq2SeqLMOutput, demo_model_path, from_pretrained
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "Tokenizer": ("tokenizer", "Tokenizer"),
     "summarize": ("pipeline", "summarize"),
+    **{name: ("model", name) for name in ("EncoderOutput", "PegasusX", "Seq2SeqLMOutput", "demo_model_path",
+                                           "from_pretrained")},
 }
 
 
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 def __getattr__(name):
-    # Tokenizer and summarize load on first use, so `import minipegx` stays light.
+    # NumPy and the model load on first use, so `import minipegx` (and the CLI's start-up, where Ctrl-C
+    # must already be handled) stays light.
     if name in _LAZY:
         import importlib
 

@@ -1,6 +1,9 @@
 """The command line: `minipegx summarize`, `minipegx demo`, `minipegx parity`.
 
-Errors print one line (`minipegx: error: ...`) and exit non-zero, never a traceback.
+Errors print one line (`minipegx: error: ...`) and exit non-zero, never a traceback: exit 1 for an
+error, 2 for a usage mistake, 130 for Ctrl-C at any moment (start-up and imports included), 141 when
+the reader of standard output goes away (`minipegx summarize doc.txt | head -c0`), 70 for a bug (one
+line; MINIPEGX_DEBUG=1 shows the traceback).
 """
 
 from __future__ import annotations
@@ -8,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from .errors import MiniPegxError
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
+EXIT_BUG, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 70, 130, 141  # 70: sysexits' EX_SOFTWARE; 128 + SIGINT, SIGPIPE
 
 
 def int_at_least(lo):
@@ -153,7 +158,7 @@ def run_summarize(args, read):
     return 0
 
 
-def main(argv=None):
+def _main(argv=None):
     ap = argparse.ArgumentParser(prog="minipegx", description="PEGASUS-X in NumPy/CuPy: summarize long documents.")
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("summarize", help="summarize files (or standard input)")
@@ -193,5 +198,78 @@ def main(argv=None):
         return 130
 
 
+# ---------------------------------------------------------------------------------------------- the process
+def main(argv=None):
+    """Run one command; whatever happens, one line on stderr and an exit code, never a traceback."""
+    previous = _catch_sigint()
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that went away shows up here, inside the guard, not at exit
+        return code
+    except KeyboardInterrupt:
+        _say("minipegx: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except MiniPegxError as e:
+        _say(f"minipegx: error: {e}")
+        return EXIT_ERROR
+    except MemoryError:
+        _say("minipegx: error: out of memory; try a smaller --batch-size, --max-input-length or --dtype bfloat16")
+        return EXIT_ERROR
+    except OSError as e:
+        _say(f"minipegx: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        return EXIT_ERROR
+    except Exception as e:  # a bug: say so in one line, traceback on request
+        if os.environ.get("MINIPEGX_DEBUG"):
+            raise
+        _say(f"minipegx: internal error (a bug, please report it; MINIPEGX_DEBUG=1 shows the traceback): "
+             f"{type(e).__name__}: {str(e)[:300]}")
+        return EXIT_BUG
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def console():
+    """The `minipegx` command and `python -m minipegx`: main() as the whole process.
+
+    Unlike main() called from Python, it leaves Ctrl-C ignored once the work is done, so the
+    interpreter's exit cannot be interrupted into a traceback either."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
+def _catch_sigint():
+    """From here on, the first Ctrl-C raises KeyboardInterrupt and any further one is ignored (so the
+    line saying 'interrupted' cannot itself be interrupted). Returns the handler to restore."""
+    def interrupted(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGINT, interrupted)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        return None
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed or a broken pipe too: nothing left to tell
+        pass
+
+
+def _silence_stdout() -> None:
+    """The Python docs' recipe for SIGPIPE: point stdout at devnull so the exit flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -291,6 +291,8 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     (docs/precision.md). quantize: None | 'int8' | 'nf4', weight-only quantization of every linear layer
     (quantize.py); a directory written by quantize.save_quantized loads quantized as saved."""
     from .checkpoint import load_params
+    from .checkpoint.names import require_float
+    from .tree import flatten_params
     from .limits import read_json
 
     if path is None:
@@ -309,6 +311,7 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
             raise ConfigError(f"{path} holds {saved}-quantized weights; load it with quantize=None or "
                               f"{saved!r} (re-quantizing quantized weights would add a second rounding)")
         params = load_quantized(path, config)
+        require_float(flatten_params(params), path)  # what load_quantized keeps unquantized must be float
     else:
         params = load_params(path, config)
         if quantize is not None:

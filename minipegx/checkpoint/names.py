@@ -117,6 +117,18 @@ def _same_values(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 22) -> bool:
     return all(np.array_equal(a[i:i + chunk], b[i:i + chunk]) for i in range(0, a.size, chunk))
 
 
+def is_float(x) -> bool:
+    return x.dtype.kind == "f" or x.dtype == bfloat16()
+
+
+def require_float(flat: dict, source: str) -> None:
+    """Every plain array among the parameters is floating (quantized containers are checked on their own)."""
+    bad = [f"{name} ({x.dtype})" for name, x in flat.items() if isinstance(x, np.ndarray) and not is_float(x)]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} weight(s) are not floating point, e.g. {bad[0]}; a weight the "
+                              "model multiplies or adds must be float32, float16 or bfloat16: re-save the model")
+
+
 def validate(flat: dict, config, source: str = "checkpoint") -> None:
     """Every expected tensor present with its shape, nothing unexpected, floating dtype, all finite."""
     expected = expected_shapes(config)
@@ -131,7 +143,7 @@ def validate(flat: dict, config, source: str = "checkpoint") -> None:
             problems.append(f"unexpected {name}: shape {list(x.shape)}")
         elif tuple(x.shape) != shape:
             problems.append(f"{name}: expected shape {list(shape)}, found {list(x.shape)}")
-        elif not (x.dtype.kind == "f" or x.dtype == bfloat16()):
+        elif not is_float(x):
             problems.append(f"{name}: dtype {x.dtype} is not a floating dtype")
     if problems:
         raise CheckpointError(f"{source} does not fit the config ({len(problems)} problem(s)):\n  "
@@ -172,4 +184,4 @@ def _count_nonfinite(x: np.ndarray) -> int:
 
 
 
-__all__ = ["expected_shapes", "canonicalize", "validate", "SHARED", "EMBED_ALIASES", "LM_HEAD"]
+__all__ = ["expected_shapes", "canonicalize", "validate", "require_float", "SHARED", "EMBED_ALIASES", "LM_HEAD"]
