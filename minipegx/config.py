@@ -151,7 +151,7 @@ class PegasusXConfig:
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise CheckpointNotFoundError(f"no config.json at {path}: a checkpoint directory needs the model's "
                                           "config.json beside its weights")
         d = limits.read_json(path, "config.json")
