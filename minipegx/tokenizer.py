@@ -121,11 +121,11 @@ class Tokenizer:
         _check_special_tokens(config, os.path.join(path, "tokenizer_config.json"))
         _check_special_tokens(_read_json(os.path.join(path, "special_tokens_map.json")),
                               os.path.join(path, "special_tokens_map.json"))
-        max_len = _max_length(config.get("model_max_length"), path)
+        max_len, cleanup = _options(config, path)
         return cls(
             model_path,
             model_max_length=max_len,
-            clean_up_tokenization_spaces=_flag(config, "clean_up_tokenization_spaces", path),
+            clean_up_tokenization_spaces=cleanup,
             _limit_source=f"model_max_length={max_len} from {path}/tokenizer_config.json",
         )
 
@@ -381,24 +381,18 @@ def _read_json(path: str) -> dict:
     return read_json(path, os.path.basename(path), TokenizerError) if os.path.isfile(path) else {}
 
 
-def _max_length(value, path: str) -> int | None:
-    """model_max_length from tokenizer_config.json: None (absent, or transformers' 1e30 "no limit"
-    sentinel) or a whole number >= 1; NaN, inf, negative, fractional or non-numbers are refused."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 \
-            or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
-        raise TokenizerError(f"{path}/tokenizer_config.json: model_max_length={bounded_repr(value)} is not a whole "
+def _options(config: dict, path: str) -> tuple:
+    """(model_max_length, clean_up_tokenization_spaces) from tokenizer_config.json. model_max_length: None
+    (absent, or transformers' 1e30 "no limit") or a whole number >= 1; the flag a JSON boolean."""
+    n, cleanup = config.get("model_max_length"), config.get("clean_up_tokenization_spaces", False)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or n < 1
+                          or (isinstance(n, float) and not (math.isfinite(n) and n.is_integer()))):
+        raise TokenizerError(f"{path}/tokenizer_config.json: model_max_length={bounded_repr(n)} is not a whole "
                              "number >= 1 (transformers writes 1e30 for no limit)")
-    return None if value >= NO_LIMIT else int(value)
-
-
-def _flag(config: dict, key: str, path: str) -> bool:
-    value = config.get(key, False)
-    if not isinstance(value, bool):
-        raise TokenizerError(f"{path}/tokenizer_config.json: {key}={bounded_repr(value)} must be true or false (a "
-                             "JSON boolean; the string \"false\" would count as true)")
-    return value
+    if not isinstance(cleanup, bool):
+        raise TokenizerError(f"{path}/tokenizer_config.json: clean_up_tokenization_spaces={bounded_repr(cleanup)} "
+                             "must be true or false (the string \"false\" would count as true)")
+    return (None if n is None or n >= NO_LIMIT else int(n)), cleanup
 
 
 def _check_special_tokens(config: dict, path: str) -> None:
