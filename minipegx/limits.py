@@ -120,6 +120,11 @@ def over_limit(what: str, value, name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- messages
+def bounded_str(s: str, limit: int = 200) -> str:
+    """A name from a file (a tensor name can be megabytes long), cut for a message."""
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
 def bounded_repr(obj, limit: int = 80) -> str:
     """repr(obj) cut at `limit` characters, computed without ever building more than that.
 
@@ -137,8 +142,8 @@ def bounded_repr(obj, limit: int = 80) -> str:
             return
         if isinstance(x, (list, tuple, set, frozenset, dict)) and depth < 8:
             kind = type(x)
-            opening, closing = (("[", "]") if isinstance(x, list) else ("{", "}") if isinstance(x, (set, frozenset, dict))
-                                else ("(", ")"))
+            opening, closing = (("[", "]") if isinstance(x, list)
+                                else ("{", "}") if isinstance(x, (set, frozenset, dict)) else ("(", ")"))
             if kind not in (list, tuple, set, frozenset, dict):
                 opening = f"{kind.__name__}{opening}"
             emit(opening)
@@ -169,16 +174,17 @@ def bounded_repr(obj, limit: int = 80) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- JSON
-# A JSON string (escapes included; the closing quote optional, so an unterminated string ends the text
-# in one linear pass instead of restarting at every quote).
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
+# Escapes first (in valid JSON a backslash only occurs inside strings, as the first of a pair), then
+# strings (the closing quote optional, so an unterminated string ends the text in one linear pass).
+_JSON_ESCAPE = re.compile(rb"\\.", re.S)
+_JSON_STRING = re.compile(rb'"[^"]*"?')
 
 
 def json_depth(data: bytes) -> int:
     """How deeply the arrays and objects of a JSON text nest, counted without recursion."""
     import numpy as np
 
-    brackets = re.sub(rb"[^\[\]{}]+", b"", _JSON_STRING.sub(b"", data))
+    brackets = re.sub(rb"[^\[\]{}]+", b"", _JSON_STRING.sub(b"", _JSON_ESCAPE.sub(b"", data)))
     step = np.zeros(256, np.int64)
     step[list(b"[{")], step[list(b"]}")] = 1, -1
     depth, deepest = 0, 0
@@ -248,4 +254,5 @@ def _json_type(x) -> str:
         type(x), "a number")
 
 
-__all__ = ["Limits", "current", "override", "over_limit", "bounded_repr", "read_json", "parse_json", "json_depth"]
+__all__ = ["Limits", "current", "override", "over_limit", "bounded_repr", "bounded_str", "read_json", "parse_json",
+           "json_depth"]

@@ -406,7 +406,8 @@ def _check_special_tokens(config: dict, path: str) -> None:
         if value != want:
             raise TokenizerError(f"{path}: {key}={bounded_repr(value)}, but minipegx supports Pegasus' {want!r} only")
     if config.get("offset", OFFSET) != OFFSET:
-        raise TokenizerError(f"{path}: offset={bounded_repr(config['offset'])}, but minipegx supports Pegasus' {OFFSET} only")
+        raise TokenizerError(f"{path}: offset={bounded_repr(config['offset'])}, but minipegx supports Pegasus' "
+                             f"{OFFSET} only")
 
 
 def _as_text(item, index: int) -> str:

@@ -24,7 +24,7 @@ def unflatten_params(flat: dict) -> dict:
         if not isinstance(node, dict):
             return node
         node = {k: lists(v) for k, v in node.items()}
-        if node and all(k.isdigit() for k in node) and sorted(map(int, node)) == list(range(len(node))):
+        if node and all(k.isdecimal() for k in node) and sorted(map(int, node)) == list(range(len(node))):
             return [node[str(i)] for i in range(len(node))]
         return node
 

@@ -23,7 +23,7 @@ from minipegx.config import PegasusXConfig
 from minipegx.errors import CheckpointError, ConfigError, TokenizerError, UnsafeCheckpointError
 from untrusted_files import (copy_checkpoint, float_storage, join_safetensors, nested_json, rewrite_json,
                              self_sharing_list, self_sharing_tuple, split_safetensors, tiny_model, torch_pickle,
-                             torch_zip, write_checkpoints, zip_members, Tensor)
+                             torch_zip, write_checkpoints, Tensor)
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

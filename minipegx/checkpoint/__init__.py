@@ -28,7 +28,7 @@ import numpy as np
 from ..backend import resolve_dtype, to_numpy
 from ..config import PegasusXConfig
 from ..errors import CheckpointError, CheckpointNotFoundError
-from ..limits import bounded_repr, current, over_limit, read_json
+from ..limits import bounded_repr, bounded_str, current, over_limit, read_json
 from ..tree import flatten_params, unflatten_params
 from .files import check_regular_file
 from .names import EMBED_ALIASES, LM_HEAD, SHARED, canonicalize, expected_shapes, validate
@@ -84,18 +84,19 @@ def _read_sharded(index_path: str) -> dict[str, np.ndarray]:
                                   ".safetensors or .bin file name in the index's own folder")
         shard_path = os.path.join(folder, shard)
         if not os.path.isfile(shard_path):
-            raise CheckpointNotFoundError(f"shard {shard} named by {index_path} does not exist; the download "
-                                          "is incomplete: re-download the checkpoint")
+            raise CheckpointNotFoundError(f"shard {bounded_str(shard)} named by {index_path} does not exist; the "
+                                          "download is incomplete: re-download the checkpoint")
         check_regular_file(shard_path)
         for name, x in _read_weights_file(shard_path).items():
             if name in out:
-                raise CheckpointError(f"tensor {name} is stored in two shards of {index_path}; re-download it")
+                raise CheckpointError(f"tensor {bounded_str(name)} is stored in two shards of {index_path}; "
+                                      "re-download it")
             out[name] = x
     lost = [n for n in weight_map if n not in out]
     if lost:
         raise CheckpointError(f"{index_path} lists {len(lost)} tensor(s) its shards do not hold, e.g. "
-                              f"{bounded_repr(lost[0])} (in {weight_map[lost[0]]}); the shard looks truncated: "
-                              "re-download it")
+                              f"{bounded_str(lost[0])} (in {bounded_str(weight_map[lost[0]])}); the shard looks "
+                              "truncated: re-download it")
     return out
 
 

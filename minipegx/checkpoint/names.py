@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CheckpointError
+from ..limits import bounded_str
 from .files import bfloat16
 
 # The four names the tied word embedding has been saved under (old saves: all four, new: one).
@@ -82,9 +83,9 @@ def canonicalize(flat: dict, config, source: str = "checkpoint") -> dict:
     for name, x in flat.items():
         canonical = f"model.{name}" if name.split(".", 1)[0] in BARE_PREFIXES else name
         if canonical in out and not _same_values(out[canonical], x):
-            raise CheckpointError(f"{source} stores {stored_as[canonical]} and {name}, two names for the parameter "
-                                  f"{canonical}, with different values; minipegx will not pick one: keep the right "
-                                  "one and delete the other")
+            raise CheckpointError(f"{source} stores {bounded_str(stored_as[canonical])} and {bounded_str(name)}, two "
+                                  f"names for the parameter {bounded_str(canonical)}, with different values; minipegx "
+                                  "will not pick one: keep the right one and delete the other")
         out.setdefault(canonical, x)
         stored_as.setdefault(canonical, name)
     names = (SHARED, *EMBED_ALIASES) + ((LM_HEAD,) if config.tie_word_embeddings else ())
@@ -123,7 +124,8 @@ def is_float(x) -> bool:
 
 def require_float(flat: dict, source: str) -> None:
     """Every plain array among the parameters is floating (quantized containers are checked on their own)."""
-    bad = [f"{name} ({x.dtype})" for name, x in flat.items() if isinstance(x, np.ndarray) and not is_float(x)]
+    bad = [f"{bounded_str(name)} ({x.dtype})" for name, x in flat.items()
+           if isinstance(x, np.ndarray) and not is_float(x)]
     if bad:
         raise CheckpointError(f"{source}: {len(bad)} weight(s) are not floating point, e.g. {bad[0]}; a weight the "
                               "model multiplies or adds must be float32, float16 or bfloat16: re-save the model")
@@ -140,7 +142,7 @@ def validate(flat: dict, config, source: str = "checkpoint") -> None:
     for name, x in flat.items():
         shape = expected.get(name, optional.get(name))
         if shape is None:
-            problems.append(f"unexpected {name}: shape {list(x.shape)}")
+            problems.append(f"unexpected {bounded_str(name)}: shape {list(x.shape)}")
         elif tuple(x.shape) != shape:
             problems.append(f"{name}: expected shape {list(shape)}, found {list(x.shape)}")
         elif not is_float(x):
@@ -150,7 +152,8 @@ def validate(flat: dict, config, source: str = "checkpoint") -> None:
                               + "\n  ".join(problems[:10])
                               + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
                               + "\n" + _mismatch_hint(flat, config))
-    bad = [f"{name} ({_count_nonfinite(x)} of {x.size} values)" for name, x in flat.items() if not _all_finite(x)]
+    bad = [f"{bounded_str(name)} ({_count_nonfinite(x)} of {x.size} values)" for name, x in flat.items()
+           if not _all_finite(x)]
     if bad:
         raise CheckpointError(f"{source} holds NaN or inf in {len(bad)} tensor(s): " + ", ".join(bad[:10])
                               + "; the checkpoint is corrupt or was saved from a diverged run: re-download it")
@@ -160,8 +163,8 @@ def _mismatch_hint(flat: dict, config) -> str:
     """A guess at why names or shapes do not fit: layer counts, widths, or another model type."""
     hints = []
     for part, want in (("encoder", config.encoder_layers), ("decoder", config.decoder_layers)):
-        found = {int(k.split(".")[3]) for k in flat
-                 if k.startswith(f"model.{part}.layers.") and k.split(".")[3].isdigit()}
+        indices = [k.split(".")[3] for k in flat if k.startswith(f"model.{part}.layers.")]
+        found = {int(i) for i in indices if i.isdecimal() and len(i) < 10}
         if found and max(found) + 1 != want:
             hints.append(f"the checkpoint has {max(found) + 1} {part} layers, config.{part}_layers is {want}")
     if SHARED in flat and flat[SHARED].ndim == 2 and flat[SHARED].shape != (config.vocab_size, config.d_model):
