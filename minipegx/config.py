@@ -148,7 +148,7 @@ class PegasusXConfig:
 
     @classmethod
     def from_json_file(cls, path) -> "PegasusXConfig":
-        path = os.fspath(path)
+        path = limits.as_path(path, ConfigError)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
         if not os.path.exists(path):

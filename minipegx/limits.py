@@ -173,6 +173,19 @@ def bounded_repr(obj, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+# ---------------------------------------------------------------------------------------------- paths
+def as_path(path, error, what: str = "path") -> str:
+    """A path argument as str, or `error`: not a str/bytes/PathLike, or with a NUL byte (which os.stat
+    would reject with a bare ValueError)."""
+    try:
+        path = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise error(f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
+    if "\0" in path:
+        raise error(f"{what} {bounded_repr(path)} contains a NUL character, which no file name can hold")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- JSON
 # Escapes first (in valid JSON a backslash only occurs inside strings, as the first of a pair), then
 # strings (the closing quote optional, so an unterminated string ends the text in one linear pass).
@@ -231,7 +244,7 @@ def read_json(path, what: str, error=ConfigError) -> dict:
     """The JSON object in a file, read under the limits; `error` (a MiniPegxError type) for any problem.
 
     what: the file's role, e.g. "config.json" or "the shard index" (messages name the path and it)."""
-    path = os.fspath(path)
+    path = as_path(path, error)
     label = path if os.path.basename(path) == what else f"{path} ({what})"
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # before open(): opening a FIFO would wait forever
@@ -254,5 +267,5 @@ def _json_type(x) -> str:
         type(x), "a number")
 
 
-__all__ = ["Limits", "current", "override", "over_limit", "bounded_repr", "bounded_str", "read_json", "parse_json",
+__all__ = ["Limits", "current", "override", "over_limit", "bounded_repr", "bounded_str", "as_path", "read_json", "parse_json",
            "json_depth"]

@@ -293,11 +293,12 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     from .checkpoint import load_params
     from .checkpoint.names import require_float
     from .tree import flatten_params
-    from .limits import read_json
+    from .errors import CheckpointError
+    from .limits import as_path, read_json
 
     if path is None:
         path = demo_model_path()
-    path = os.fspath(path)
+    path = as_path(path, CheckpointError)
     xp = B_.get_backend(backend)
     compute = B_.resolve_dtype(dtype, xp)
     config = PegasusXConfig.from_json_file(path)

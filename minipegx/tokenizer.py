@@ -43,7 +43,7 @@ import numpy as np
 import sentencepiece as spm
 
 from .errors import MiniPegxWarning, TokenizerError, TruncationWarning
-from .limits import bounded_repr, read_json
+from .limits import as_path, bounded_repr, read_json
 
 OFFSET = 103                                  # transformers' PegasusTokenizer(offset=103)
 PAD, EOS, MASK_SENT, MASK = "<pad>", "</s>", "<mask_1>", "<mask_2>"
@@ -74,7 +74,7 @@ class Tokenizer:
 
     def __init__(self, spiece_model_path, model_max_length: int | None = None, *,
                  clean_up_tokenization_spaces: bool = False, _limit_source: str | None = None):
-        path = os.fspath(spiece_model_path)
+        path = as_path(spiece_model_path, TokenizerError, "spiece_model_path")
         self.sp, self.normalizer = _load_spiece(path)
         self.spiece_model_path = path
         if model_max_length is not None and model_max_length >= NO_LIMIT:
@@ -103,7 +103,7 @@ class Tokenizer:
     def from_pretrained(cls, path) -> "Tokenizer":
         """Load from a checkpoint directory holding spiece.model (and optionally tokenizer_config.json,
         special_tokens_map.json), or from a path to the .model file itself."""
-        path = os.fspath(path)
+        path = as_path(path, TokenizerError)
         if os.path.isfile(path):
             return cls(path)
         if not os.path.isdir(path):

@@ -378,3 +378,28 @@ def test_a_global_outside_the_allow_list_is_still_refused_by_the_scan(tmp_path):
     torch_zip(tmp_path / "m.bin", pickle.dumps(collections.deque([1]), protocol=2))
     with pytest.raises(UnsafeCheckpointError, match="collections.deque"):
         read_state_dict(tmp_path / "m.bin")
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+def loading_calls():
+    from minipegx.checkpoint import save_params
+    demo = minipegx.demo_model_path()
+    return {
+        "from_pretrained(123)": (lambda: minipegx.from_pretrained(123), CheckpointError, "str or os.PathLike"),
+        "read_state_dict(NUL)": (lambda: read_state_dict("a\0b"), CheckpointError, "NUL character"),
+        "from_json_file(NUL bytes)": (lambda: PegasusXConfig.from_json_file(b"/tmp\0"), ConfigError, "NUL"),
+        "Tokenizer(None)": (lambda: minipegx.Tokenizer(None), TokenizerError, "spiece_model_path must be"),
+        "Tokenizer.from_pretrained(None)": (lambda: minipegx.Tokenizer.from_pretrained(None), TokenizerError,
+                                            "path must be"),
+        "load_params(config=dict)": (lambda: load_params(demo, {"d_model": 16}), ConfigError, "PegasusXConfig"),
+        "save_params(metadata={'a': 1})": (lambda: save_params({"a": np.zeros(2)}, "/nonexistent", {"a": 1}),
+                                           CheckpointError, "dict of str to str"),
+        "save_params(strings)": (lambda: save_params({"a": "text"}, "/nonexistent"), CheckpointError, "not numbers"),
+    }
+
+
+@pytest.mark.parametrize("call", list(loading_calls()))
+def test_loading_functions_check_their_arguments_first(call):
+    fn, error, words = loading_calls()[call]
+    with pytest.raises(error, match=words):
+        fn()

@@ -27,10 +27,10 @@ import numpy as np
 
 from ..backend import resolve_dtype, to_numpy
 from ..config import PegasusXConfig
-from ..errors import CheckpointError, CheckpointNotFoundError
-from ..limits import bounded_repr, bounded_str, current, over_limit, read_json
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from ..limits import as_path, bounded_repr, bounded_str, current, over_limit, read_json
 from ..tree import flatten_params, unflatten_params
-from .files import check_regular_file
+from .files import bfloat16, check_regular_file
 from .names import EMBED_ALIASES, LM_HEAD, SHARED, canonicalize, expected_shapes, validate
 from .safetensors import read_safetensors
 from .torch_pickle import SafeUnpickler, read_torch
@@ -43,7 +43,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 # ====================================================================== reading
 def read_state_dict(path) -> dict[str, np.ndarray]:
     """The flat {name: array} dict stored at ``path`` (a checkpoint directory or one weights file)."""
-    path = os.fspath(path)
+    path = as_path(path, CheckpointError)
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"no checkpoint at {path}: the path does not exist")
     if os.path.isdir(path):
@@ -108,12 +108,15 @@ def load_params(path, config=None, dtype=None) -> dict:
     dtype: None keeps the stored dtype (arrays stay read-only views of the file); else a float dtype
     ('float32', 'float16', 'bfloat16' or a NumPy dtype) to cast to, one copy per tensor.
     """
+    path = as_path(path, CheckpointError)
     if config is None:
-        path_s = os.fspath(path)
-        config = PegasusXConfig.from_json_file(path_s if os.path.isdir(path_s) else os.path.dirname(path_s))
+        config = PegasusXConfig.from_json_file(path if os.path.isdir(path) else os.path.dirname(path))
+    elif not isinstance(config, PegasusXConfig):
+        raise ConfigError(f"config must be a PegasusXConfig (PegasusXConfig.from_dict(d) builds one from a dict), "
+                          f"not a {type(config).__name__}")
     target = _float_dtype(dtype) if dtype is not None else None
-    flat = canonicalize(read_state_dict(path), config, source=os.fspath(path))
-    validate(flat, config, source=os.fspath(path))
+    flat = canonicalize(read_state_dict(path), config, source=path)
+    validate(flat, config, source=path)
     order = {name: i for i, name in enumerate(expected_shapes(config))}
     flat = {k: flat[k] for k in sorted(flat, key=lambda k: order.get(k, len(order)))}  # the model's order
     if target is not None:
@@ -125,8 +128,8 @@ def _float_dtype(dtype) -> np.dtype:
     """'float32' | 'float16' | 'bfloat16' | 'float64', as a name or a NumPy dtype."""
     try:
         name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
-    except TypeError:
-        name = repr(dtype)
+    except (TypeError, ValueError):
+        name = bounded_repr(dtype)
     if name in ("float64", "fp64", "double"):
         return np.dtype("<f8")
     return resolve_dtype(name)  # BackendError for anything else
@@ -142,11 +145,19 @@ def save_params(params_or_flat, path, metadata: dict | None = None) -> str:
     """
     from safetensors.numpy import save_file
 
-    path = os.fspath(path)
+    path = as_path(path, CheckpointError)
+    if not (metadata is None or isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                                   for k, v in metadata.items())):
+        raise CheckpointError(f"metadata must be a dict of str to str (what safetensors stores), got "
+                              f"{bounded_repr(metadata)}")
     if not path.endswith(".safetensors"):
         os.makedirs(path, exist_ok=True)
         path = os.path.join(path, "model.safetensors")
     flat = {k: np.ascontiguousarray(to_numpy(v)) for k, v in flatten_params(params_or_flat).items()}
+    odd = [k for k, v in flat.items() if v.dtype.kind not in "biuf" and v.dtype != bfloat16()]
+    if odd:
+        raise CheckpointError(f"{bounded_str(odd[0])} is a {flat[odd[0]].dtype} array, not numbers; save_params "
+                              "writes numeric arrays only")
     tmp = path + ".tmp"
     save_file(flat, tmp, metadata={"format": "pt", **(metadata or {})})
     os.replace(tmp, path)  # never leave a half-written model.safetensors behind
