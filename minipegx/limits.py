@@ -41,7 +41,8 @@ class Limits:
     max_json_bytes: int = 16 * MiB        # the shard index of a 100,000-tensor model: about 8 MB
     max_json_depth: int = 64              # real files nest 3 levels
     # tensors, in any format; the bytes a tensor claims are also checked against the file itself
-    max_safetensors_header_bytes: int = 100_000_000   # the safetensors library's own bound
+    max_safetensors_header_bytes: int = 16 * MiB  # ~150,000 entries; parsed, a header takes ~8x its size
+    max_spiece_bytes: int = 64 * MiB      # spiece.model (PEGASUS-X's: 1.9 MB)
     max_tensor_rank: int = 8              # PEGASUS-X tensors have rank 1 or 2; NumPy stops at 64
     max_tensor_elements: int = 1 << 32    # pegasus-x-large's largest tensor has 98 million
     max_shards: int = 4096
@@ -115,6 +116,7 @@ def override(**changes):
 def over_limit(what: str, value, name: str) -> str:
     """The sentence every bound uses: what, the value, the bound, and how to raise it."""
     bound = getattr(current(), name)
+    value = bounded_repr(value) if isinstance(value, int) else value  # an int from a file can have 10^5 digits
     return (f"{what} is {value}, above minipegx's limit {name}={bound}; if the file is trusted and really "
             f"this large, raise it: {ENV}=\"{name}=...\" or minipegx.limits.override({name}=...)")
 
@@ -267,5 +269,5 @@ def _json_type(x) -> str:
         type(x), "a number")
 
 
-__all__ = ["Limits", "current", "override", "over_limit", "bounded_repr", "bounded_str", "as_path", "read_json", "parse_json",
-           "json_depth"]
+__all__ = ["Limits", "current", "override", "over_limit", "bounded_repr", "bounded_str", "as_path", "read_json",
+           "parse_json", "json_depth"]

@@ -43,6 +43,7 @@ import numpy as np
 import sentencepiece as spm
 
 from .errors import MiniPegxWarning, TokenizerError, TruncationWarning
+from . import limits
 from .limits import as_path, bounded_repr, read_json
 
 OFFSET = 103                                  # transformers' PegasusTokenizer(offset=103)
@@ -117,10 +118,12 @@ class Tokenizer:
                 + f": copy spiece.model from the original checkpoint (its Hugging Face repository has one) "
                 f"or {_TRAIN_HINT}"
             )
-        config = _read_json(os.path.join(path, "tokenizer_config.json"))
-        _check_special_tokens(config, os.path.join(path, "tokenizer_config.json"))
-        _check_special_tokens(_read_json(os.path.join(path, "special_tokens_map.json")),
-                              os.path.join(path, "special_tokens_map.json"))
+        files = {name: os.path.join(path, name) for name in ("tokenizer_config.json", "special_tokens_map.json")}
+        found = {name: read_json(file, name, TokenizerError) if os.path.isfile(file) else {}  # absent: says nothing
+                 for name, file in files.items()}
+        for name, data in found.items():
+            _check_special_tokens(data, files[name])
+        config = found["tokenizer_config.json"]
         max_len, cleanup = _options(config, path)
         return cls(
             model_path,
@@ -354,6 +357,8 @@ def _load_spiece(path: str):
     """Load spiece.model, check it has Pegasus' layout, and build its whitespace-keeping normalizer."""
     if not os.path.isfile(path):
         raise TokenizerError(f"spiece.model not found at {path!r}: copy it from the checkpoint or {_TRAIN_HINT}")
+    if os.path.getsize(path) > limits.current().max_spiece_bytes:
+        raise TokenizerError(f"{path}: " + limits.over_limit("its size", os.path.getsize(path), "max_spiece_bytes"))
     try:
         sp = spm.SentencePieceProcessor(model_file=path)
         # Normalization rules only: whitespace is handled as transformers does, in _encode_plain.
@@ -374,11 +379,6 @@ def _load_spiece(path: str):
     if not sp.encode("a", out_type=str)[0].startswith(SPACE):
         raise TokenizerError(f"{path!r} was trained with add_dummy_prefix=false, Pegasus needs true; {_TRAIN_HINT}")
     return sp, normalizer
-
-
-def _read_json(path: str) -> dict:
-    """The JSON object in path, {} when the file is absent, TokenizerError when it is broken."""
-    return read_json(path, os.path.basename(path), TokenizerError) if os.path.isfile(path) else {}
 
 
 def _options(config: dict, path: str) -> tuple:

@@ -167,6 +167,21 @@ def test_a_header_shape_is_checked_before_numpy_sees_it(ckpt, shape, bound):
         read_state_dict(f)
 
 
+def test_a_header_dimension_of_4000_digits_is_refused_and_the_message_stays_short(ckpt):
+    f = os.path.join(ckpt("safetensors"), "model.safetensors")
+    header, body = split_safetensors(open(f, "rb").read())
+    header["model.shared.weight"]["shape"] = [10 ** 4000, 10 ** 4000]
+    open(f, "wb").write(join_safetensors(header, body))
+    with pytest.raises(CheckpointError, match="max_tensor_elements") as e:
+        read_state_dict(f)
+    assert len(str(e.value)) < 1000
+
+
+def test_an_oversized_spiece_model_is_refused_before_sentencepiece_reads_it(ckpt):
+    with limits.override(max_spiece_bytes=1000), pytest.raises(TokenizerError, match="max_spiece_bytes"):
+        minipegx.Tokenizer.from_pretrained(ckpt("safetensors"))
+
+
 def test_a_pickled_tensor_with_more_elements_than_its_storage_is_refused(tmp_path):
     """Stride 0 would make a 2^30-element view of 4 floats, which the first copy would try to allocate."""
     data = torch_pickle({"w": Tensor(float_storage(), (2 ** 15, 2 ** 15), (0, 0))})
