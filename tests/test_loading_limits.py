@@ -418,3 +418,16 @@ def test_loading_functions_check_their_arguments_first(call):
     fn, error, words = loading_calls()[call]
     with pytest.raises(error, match=words):
         fn()
+
+
+def test_a_zip_with_two_entries_of_one_name_is_refused(tmp_path):
+    """zipfile reads the last of two same-named entries: a second data/0 would swap a weight silently."""
+    good = torch_pickle({"w": Tensor(float_storage())})
+    import warnings
+    with warnings.catch_warnings(), zipfile.ZipFile(tmp_path / "m.bin", "w") as z:
+        warnings.simplefilter("ignore")  # zipfile warns "Duplicate name"
+        z.writestr("archive/data.pkl", good)
+        z.writestr("archive/data/0", np.zeros(4, np.float32).tobytes())
+        z.writestr("archive/data/0", np.ones(4, np.float32).tobytes())
+    with pytest.raises(CheckpointError, match="two zip entries named 'archive/data/0'"):
+        read_state_dict(tmp_path / "m.bin")

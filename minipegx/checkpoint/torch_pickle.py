@@ -13,6 +13,7 @@ member is decompressed in a stream, never past the bytes its tensor needs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import math
@@ -86,7 +87,6 @@ class SafeUnpickler(pickle.Unpickler):
         if (module, name) not in ALLOWED_GLOBALS:
             raise refuse_global(self.source, module, name)
         if module == "collections":
-            import collections
             return collections.OrderedDict
         if module == "torch._utils":
             return _Allowed(getattr(self, name))
@@ -199,9 +199,14 @@ def _read_torch_zip(path: str) -> dict[str, np.ndarray]:
                                                            "max_zip_entries"))
         with zipfile.ZipFile(fp) as z:
             names = set(z.namelist())
+            if len(names) != len(z.namelist()):  # zipfile would silently read the last of two same-named entries
+                twice = collections.Counter(z.namelist()).most_common(1)[0][0]
+                raise CheckpointError(f"{path} holds two zip entries named {bounded_repr(twice)}; minipegx will not "
+                                      "pick one: the file is corrupt or tampered with")
             pkl = [n for n in z.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-            if not pkl:
-                raise CheckpointError(f"{path} is a zip archive without <root>/data.pkl, not a torch checkpoint")
+            if len(pkl) != 1:
+                raise CheckpointError(f"{path} is a zip archive with {len(pkl)} <root>/data.pkl entries, not a torch "
+                                      "checkpoint (which has exactly one)")
             root = pkl[0][: -len("data.pkl")]
             if root + "byteorder" in names and _member(z, root + "byteorder", 16, path).strip() != b"little":
                 raise CheckpointError(f"{path} was saved on a big-endian machine; re-save it as safetensors")
