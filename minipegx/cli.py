@@ -201,35 +201,7 @@ def _main(argv=None):
 # ---------------------------------------------------------------------------------------------- the process
 def main(argv=None):
     """Run one command; whatever happens, one line on stderr and an exit code, never a traceback."""
-    previous = _catch_sigint()
-    try:
-        code = _main(argv)
-        sys.stdout.flush()  # a reader that went away shows up here, inside the guard, not at exit
-        return code
-    except KeyboardInterrupt:
-        _say("minipegx: interrupted")
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        _silence_stdout()
-        return EXIT_BROKEN_PIPE
-    except MiniPegxError as e:
-        _say(f"minipegx: error: {e}")
-        return EXIT_ERROR
-    except MemoryError:
-        _say("minipegx: error: out of memory; try a smaller --batch-size, --max-input-length or --dtype bfloat16")
-        return EXIT_ERROR
-    except OSError as e:
-        _say(f"minipegx: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
-        return EXIT_ERROR
-    except Exception as e:  # a bug: say so in one line, traceback on request
-        if os.environ.get("MINIPEGX_DEBUG"):
-            raise
-        _say(f"minipegx: internal error (a bug, please report it; MINIPEGX_DEBUG=1 shows the traceback): "
-             f"{type(e).__name__}: {str(e)[:300]}")
-        return EXIT_BUG
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+    return _guarded(argv, after=None)
 
 
 def console():
@@ -237,9 +209,61 @@ def console():
 
     Unlike main() called from Python, it leaves Ctrl-C ignored once the work is done, so the
     interpreter's exit cannot be interrupted into a traceback either."""
-    code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return code
+    return _guarded(None, after=signal.SIG_IGN)
+
+
+def _guarded(argv, after):
+    """_main(argv) under the CLI's rules; then SIGINT's handler is `after` (None: the one before)."""
+    previous = _catch_sigint()
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # argparse's --help and usage errors leave through SystemExit, output flushed first
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a reader that went away shows up here, inside the guard, not at exit
+        return code
+    except KeyboardInterrupt:
+        _say("minipegx: interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        return _report(e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, after if after is not None else previous)
+
+
+def _report(e: Exception) -> int:
+    """One line on stderr for an exception that ended the command; its exit code."""
+    if _caused_by_interrupt(e):  # Ctrl-C inside a C extension's import arrives as ImportError from KeyboardInterrupt
+        _say("minipegx: interrupted")
+        return EXIT_INTERRUPTED
+    if isinstance(e, BrokenPipeError):
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    if isinstance(e, MiniPegxError):
+        _say(f"minipegx: error: {e}")
+    elif isinstance(e, MemoryError):
+        _say("minipegx: error: out of memory; try a smaller --batch-size, --max-input-length or --dtype bfloat16")
+    elif isinstance(e, OSError):
+        _say(f"minipegx: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+    else:  # a bug: say so in one line, traceback on request
+        if os.environ.get("MINIPEGX_DEBUG"):
+            raise e
+        _say(f"minipegx: internal error (a bug, please report it; MINIPEGX_DEBUG=1 shows the traceback): "
+             f"{type(e).__name__}: {str(e)[:300]}")
+        return EXIT_BUG
+    return EXIT_ERROR
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    for _ in range(20):  # the chain of causes, bounded (it can be a cycle)
+        if e is None:
+            return False
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _catch_sigint():
