@@ -9,7 +9,6 @@
     minipegx.summarize(["a long document ..."])                     # text in, summary out
 """
 
-from .config import PegasusXConfig
 from .errors import *  # noqa: F401,F403  (MiniPegxError and friends)
 
 __version__ = "0.1.0"
@@ -17,6 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Tokenizer": ("tokenizer", "Tokenizer"),
     "summarize": ("pipeline", "summarize"),
+    "PegasusXConfig": ("config", "PegasusXConfig"),
     **{name: ("model", name) for name in ("EncoderOutput", "PegasusX", "Seq2SeqLMOutput", "demo_model_path",
                                            "from_pretrained")},
 }
