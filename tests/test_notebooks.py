@@ -78,6 +78,19 @@ def test_the_test_run_executes_the_notebooks(pytestconfig):
     assert "notebooks" in pytestconfig.getini("testpaths")
 
 
+def test_notebook_03_document_is_the_demo_tasks_seed_32():
+    """Notebook 03 embeds its document (the kernel cannot import tools/); it must stay the one it cites."""
+    import ast
+    import random
+
+    from tools.demo_data import make_example
+
+    source = ast.parse((NOTEBOOKS / "03_decoding.py").read_text(encoding="utf-8"))
+    values = {node.targets[0].id: ast.literal_eval(node.value) for node in source.body
+              if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("DOCUMENT", "TRUE_SUMMARY")}
+    assert (values["DOCUMENT"], values["TRUE_SUMMARY"]) == make_example(random.Random(32), 150)
+
+
 # ------------------------------------------------------------------------------------------- docs
 # The docs are teaching material too: their relative links must resolve on GitHub and in mkdocs.
 DOCS = ROOT / "docs"
