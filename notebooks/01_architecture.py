@@ -52,11 +52,11 @@ assert (cfg.block_size, cfg.num_global_tokens, cfg.encoder_layers, cfg.decoder_l
 # `params["model"]["encoder"]["layers"][1]["self_attn"]["q_proj"]["weight"]`.
 
 # %%
-P = model.params["model"]
+tree = model.params["model"]                                # model.params, under the checkpoint's own names
 for name in ["shared", "encoder", "decoder"]:
-    print(name, "->", list(P[name]))
-print("encoder layer 0 ->", list(P["encoder"]["layers"][0]))
-print("q_proj weight [M, M]:", P["encoder"]["layers"][1]["self_attn"]["q_proj"]["weight"].shape)
+    print(name, "->", list(tree[name]))
+print("encoder layer 0 ->", list(tree["encoder"]["layers"][0]))
+print("q_proj weight [M, M]:", tree["encoder"]["layers"][1]["self_attn"]["q_proj"]["weight"].shape)
 
 # %% [markdown]
 # ## Inputs
@@ -84,7 +84,7 @@ assert all(row[n - 1] == 1 for row, n in zip(ids, attention_mask.sum(1)))      #
 # table is shared by the encoder, the decoder and the LM head (tied weights).
 
 # %%
-table = P["shared"]["weight"]                                  # [V, M]
+table = tree["shared"]["weight"]                                  # [V, M]
 x_tok = layers.embed_tokens(ids, table, math.sqrt(M))          # [B, T, M]
 print("embed_tokens   [B, T, M] =", x_tok.shape, f"  scale sqrt(M) = {math.sqrt(M):.3f}")
 
@@ -130,8 +130,8 @@ mask = layers.additive_mask(attention_mask, np.float32, np)   # [B, T]: 0 or fin
 pad = (-T) % K
 x = np.pad(x, ((0, 0), (0, pad), (0, 0)))                      # [B, P, M]
 mask = np.pad(mask, ((0, 0), (0, pad)), constant_values=np.finfo(np.float32).min)  # [B, P]
-Pn = x.shape[1]
-print(f"T={T} padded to P={Pn} = N*K = {Pn // K}*{K}")
+P = x.shape[1]
+print(f"T={T} padded to P={P} = N*K = {P // K}*{K}")
 print("mask values:", np.unique(mask))
 
 # %% [markdown]
@@ -142,7 +142,7 @@ print("mask values:", np.unique(mask))
 # added). Every input of the batch starts from the same G vectors.
 
 # %%
-g = np.broadcast_to(P["encoder"]["embed_global"]["weight"], (B, G, M))   # [B, G, M]
+g = np.broadcast_to(tree["encoder"]["embed_global"]["weight"], (B, G, M))   # [B, G, M]
 print("global tokens  [B, G, M] =", g.shape)
 
 # %% [markdown]
@@ -160,7 +160,7 @@ print("global tokens  [B, G, M] =", g.shape)
 #   first thing a re-implementation forgets.
 
 # %%
-p0 = P["encoder"]["layers"][0]
+p0 = tree["encoder"]["layers"][0]
 h = layers.layer_norm(x, p0["self_attn_layer_norm"])           # [B, P, M]
 hg = layers.layer_norm(g, p0["global_self_attn_layer_norm"])   # [B, G, M]
 t_out, g_out, probs = enc.global_local_attention(h, hg, mask, p0["self_attn"], H, K)
@@ -216,7 +216,7 @@ print("layer 0 by hand == encoder_layer:", np.abs(x1 - x1_ref).max(), np.abs(g1 
 # straddles the border of two unstaggered ones. After attention the half-blocks are cut off again.
 
 # %%
-p1 = P["encoder"]["layers"][1]
+p1 = tree["encoder"]["layers"][1]
 print("layer 1 staggered:", cfg.is_staggered(1))
 h1 = layers.layer_norm(x1, p1["self_attn_layer_norm"])
 hs, ms = enc.stagger(h1, mask, K)                              # [B, P+K, M], [B, P+K]
@@ -236,8 +236,8 @@ print("local probs of layer 1 [B, H, N+1, K, G+K] =", probs1["local"].shape)
 # returns them, un-normalized, in the last entry of `encoder_hidden_states`.
 
 # %%
-x3, g3, _ = enc.encoder_layer(x2, g2, mask, P["encoder"]["layers"][2], cfg, staggered=cfg.is_staggered(2))
-encoded = layers.layer_norm(x3[:, :T], P["encoder"]["layer_norm"])   # [B, T, M]
+x3, g3, _ = enc.encoder_layer(x2, g2, mask, tree["encoder"]["layers"][2], cfg, staggered=cfg.is_staggered(2))
+encoded = layers.layer_norm(x3[:, :T], tree["encoder"]["layer_norm"])   # [B, T, M]
 full = model.encode(ids, attention_mask, output_hidden_states=True)
 print("encoder output [B, T, M] =", encoded.shape)
 print("by hand == model.encode:", np.abs(encoded - full.last_hidden_state).max())
@@ -269,13 +269,13 @@ self_mask = dec.causal_mask(S, 0, np.float32, np)                               
 print("decoder input [B, S, M] =", y.shape)
 print("causal mask (0 = may attend):\n", (self_mask[0, 0] == 0).astype(int))
 dec_states = [y]
-for i, lp in enumerate(P["decoder"]["layers"]):
+for i, lp in enumerate(tree["decoder"]["layers"]):
     kv = dec.cross_kv(encoded, lp["encoder_attn"], cfg.decoder_attention_heads)     # ([B, H, T, D], [B, H, T, D])
     y, cache, self_probs, cross_probs = dec.decoder_layer(y, lp, cfg, self_mask, kv, cross_mask)
     dec_states.append(y)
     print(f"layer {i}: cross k/v {kv[0].shape}  self-attn cache k {cache[0].shape}  "
           f"self probs {self_probs.shape}  cross probs {cross_probs.shape}")
-y = layers.layer_norm(y, P["decoder"]["layer_norm"])           # [B, S, M]
+y = layers.layer_norm(y, tree["decoder"]["layer_norm"])           # [B, S, M]
 
 # %% [markdown]
 # ## 9. The LM head: the embedding table again
@@ -314,7 +314,7 @@ print("last entry == final layer norm   :", np.abs(hs[-1] - y).max(),
 # The same checkpoint directory loads in `transformers.PegasusXForConditionalGeneration`. We run both
 # on the same inputs and print the largest absolute difference of every output, next to the largest
 # value (the scale) and their ratio. They agree to float32 rounding: the last column stays below 1e-5
-# (asserted; it prints about 1e-7 to 1e-6). The hidden states grow with depth (and the un-normalized
+# (asserted; it prints a few 1e-8 to a few 1e-6). The hidden states grow with depth (and the un-normalized
 # global tokens most), so their absolute differences are larger. Only the order of floating-point sums
 # differs. If transformers (or torch) is not installed, this cell says so and skips the comparison.
 

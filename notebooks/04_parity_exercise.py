@@ -162,7 +162,7 @@ def student_attention(x, g, mask, p, num_heads, block_size, output_attentions=Tr
     N, D = P // K, M // H
     scale = D ** -0.5 if scale_queries else 1.0                           # the bug when False
 
-    def proj(a, name):                                                    # [B, L, M] -> [B, H, L, D]
+    def proj(a, name):                                                    # [B, P or G, M] -> [B, H, P or G, D]
         return linear(a, p[name]["weight"]).reshape(B, -1, H, D).transpose(0, 2, 1, 3)
 
     q, k, v = proj(x, "q_proj") * scale, proj(x, "k_proj"), proj(x, "v_proj")
@@ -184,7 +184,7 @@ def student_attention(x, g, mask, p, num_heads, block_size, output_attentions=Tr
         local_probs[:, :, n] = softmax(s)                                         # [B, H, K, G+K]
         t_out[:, :, blk] = local_probs[:, :, n] @ values
 
-    def out(a):                                                                   # [B, H, L, D] -> [B, L, M]
+    def out(a):                                                                   # [B, H, P or G, D] -> [B, P or G, M]
         return linear(a.transpose(0, 2, 1, 3).reshape(B, -1, M), p["out_proj"]["weight"])
 
     return out(t_out), out(g_out), {"local": local_probs, "global": global_probs}
