@@ -90,11 +90,12 @@ for i, a in enumerate(out.attentions):
 
 # %% [markdown]
 # The first 256 tokens, mean over heads, layer 0 then the staggered layer 1. Inside each block the
-# model mostly attends to nearby tokens: the brightest cells sit on or near the diagonal. The G global
-# columns on the left look pale, yet tokens give the globals a large share of their attention (about a
-# quarter in layer 0, 40% in layer 1, printed after the pictures): that share is spread over G = 16
-# columns and averaged over heads, so each global cell holds a few percent at most, about what an
-# ordinary key of the block gets, far below the brightest cells.
+# model mostly attends to nearby tokens (the diagonal). The G global columns on the left look pale,
+# yet tokens give the globals a large share of their attention (about a quarter in layer 0, 40% in
+# layer 1, printed after the pictures): that share is spread over G = 16 columns and averaged over
+# heads, so a global cell holds a few percent on average, the order of an ordinary key of the block,
+# while the brightest cells of the layer reach about half. Only a few single cells of the global
+# columns stand out.
 
 # %%
 viz.plot_attention(out, cfg, layer=0, region=(0, 256))
@@ -119,7 +120,7 @@ for layer in (0, 1):
     share, per_global = globals_.sum(-1).mean(), globals_.mean()
     print(f"{layer:5d} {share:15.1%} {per_global:16.1%} {block[block > 0].mean():21.1%} {rows.max():15.1%}")
     assert abs(share - {0: 0.25, 1: 0.40}[layer]) < 0.05 and G == 16            # the shares the text states
-    assert per_global < 0.05 and per_global < rows.max() / 10                   # pale, not dark
+    assert per_global < 0.05 and per_global < rows.max() / 10 and 0.4 < rows.max() < 0.6   # pale, not dark
 
 # %% [markdown]
 # The whole document at once: `plot_attention` pools tiles of cells (here the max over each tile) from
