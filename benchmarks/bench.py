@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """minipegx against transformers, side by side, in one run, on one machine, with one thread count.
 
-    python benchmarks/bench.py                      # the full CPU run (pegasus-x-base shape), ~8 min on 2 idle cores
-    python benchmarks/bench.py --quick              # smaller lengths, a few minutes
-    python benchmarks/bench.py --shape toy --quick  # seconds: the smoke test's path
-    python benchmarks/bench.py --backend cupy --device cuda --shape large   # on a GPU (CuPy + torch CUDA)
+    python -m benchmarks.bench                      # the full CPU run (pegasus-x-base shape), ~8 min on 2 idle cores
+    python -m benchmarks.bench --quick              # smaller lengths, a few minutes
+    python -m benchmarks.bench --shape toy --quick  # seconds: the smoke test's path
+    python -m benchmarks.bench --backend cupy --device cuda --shape large   # on a GPU (CuPy + torch CUDA)
 
 What it measures, for both libraries, on the same random weights (normal(0, 0.02), the reference's init std):
   * encoder forward at 1k, 4k and 16k tokens;
@@ -73,7 +73,6 @@ def write_checkpoint(shape, directory, seed=0):
     """config.json + model.safetensors with random weights at `shape`, made with NumPy alone (no torch model)."""
     import numpy as np
 
-    sys.path.insert(0, ROOT)
     from minipegx.checkpoint import expected_shapes, save_params
     from minipegx.config import PegasusXConfig
 
@@ -145,7 +144,6 @@ class Side:
     def __init__(self, name, ckpt, device, threads):
         self.name, self.device = name, device
         if name == "minipegx":
-            sys.path.insert(0, ROOT)
             import minipegx
 
             self.xp = __import__("cupy") if device == "cuda" else __import__("numpy")
@@ -311,8 +309,8 @@ def run_worker(jobs, threads, timeout):
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         load = os.getloadavg()[0]
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(jobs), "--result-file", out.name]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        cmd = [sys.executable, "-m", "benchmarks.bench", "--worker", json.dumps(jobs), "--result-file", out.name]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"worker {jobs[0]['side']} {[(j['task'], j.get('length')) for j in jobs]} failed:\n"
                                f"{proc.stderr[-3000:]}")

@@ -18,10 +18,10 @@ while it does not exist a random model of the demo's shape; and random weights i
 shape (d_model 768, 12+12 layers, 12 heads, FFN 3072, block 512, 128 global tokens, vocab 96103),
 drawn as transformers initializes them (normal, std 0.02; layer norms 1 and 0).
 
-    python benchmarks/precision.py                      # both models, markdown on stdout
-    python benchmarks/precision.py --model demo --json out.json
-    python benchmarks/precision.py --model base --docs 4 --tokens 256 --new-tokens 16
-    python benchmarks/precision.py --path path/to/pegasus-x-base     # a real checkpoint
+    python -m benchmarks.precision                      # both models, markdown on stdout
+    python -m benchmarks.precision --model demo --json out.json
+    python -m benchmarks.precision --model base --docs 4 --tokens 256 --new-tokens 16
+    python -m benchmarks.precision --path path/to/pegasus-x-base     # a real checkpoint
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import minipegx  # noqa: E402
 from minipegx.checkpoint import expected_shapes, save_params, unflatten_params  # noqa: E402
@@ -84,8 +83,7 @@ def random_checkpoint(directory, shape, seed=0):
 
 def demo_inputs(path, docs, lo=1000, hi=3000):
     """Held-out demo documents (tools/demo_data.py, tools/eval_demo.py's seed stream, shifted) -> ids, mask."""
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from demo_data import make_dataset
+    from tools.demo_data import make_dataset
 
     tok = minipegx.Tokenizer.from_pretrained(path)
     texts = [doc for doc, _ in make_dataset(987_654_321 + 1, docs, lo, hi)]

@@ -9,9 +9,7 @@ training nor the held-out evaluation uses.
 
 from __future__ import annotations
 
-import os
 import random
-import sys
 
 import numpy as np
 import pytest
@@ -22,8 +20,7 @@ from minipegx.pipeline import load
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-import demo_data  # noqa: E402
+from tools import demo_data
 
 DOCS_SEED = 31337          # neither training's Random(1234 * 1000003 + step) nor eval's 987654321
 
