@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
-import sys
 import time
 
 from tools import demo_data
