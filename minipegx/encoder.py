@@ -4,7 +4,7 @@ Phang, Zhao & Liu (2022), §3: tokens attend only within their block of K tokens
 tokens); every other layer shifts the blocks by K/2 ("staggered blocks") so information crosses block
 borders; G learned global tokens attend to everything and are attended by everything.
 Shape legend: B batch, T tokens, P padded tokens, N blocks, K block size, G global tokens,
-H heads, D head dim, M d_model.
+H heads, D head dim, M d_model; Q queries and C keys of one attention.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from .precision import assert_finite, checks_on, matmul, residual, scores
 
 def attend(q, k, v, mask):
     """softmax(q k^T + mask) v for queries already scaled by D^-1/2 (the encoder scales its queries, as the
-    reference does). q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L].
-    Returns the output [..., S, D] and the probabilities [..., S, L]."""
-    s = scores(q, k.swapaxes(-1, -2))                            # [..., S, D] @ [..., D, L] -> [..., S, L]
+    reference does). q [..., Q, D] (Q queries), k and v [..., C, D] (C keys), mask additive, broadcastable
+    to [..., Q, C]. Returns the output [..., Q, D] and the probabilities [..., Q, C]."""
+    s = scores(q, k.swapaxes(-1, -2))                            # [..., Q, D] @ [..., D, C] -> [..., Q, C]
     s += mask
-    probs = softmax(s)                                           # [..., S, L]
-    return matmul(probs, v), probs                               # [..., S, L] @ [..., L, D] -> [..., S, D]
+    probs = softmax(s)                                           # [..., Q, C]
+    return matmul(probs, v), probs                               # [..., Q, C] @ [..., C, D] -> [..., Q, D]
 
 
 def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentions=True):

@@ -2,7 +2,10 @@
 scaled token embeddings, sinusoidal positions, softmax and the scaled-dot-product attention core.
 
 Shape legend (used everywhere in minipegx): B batch, T tokens, S decoder steps, N blocks,
-K block size, G global tokens, H heads, D head dim, F FFN width, M d_model, V vocab.
+K block size, G global tokens, H heads, D head dim, F FFN width, M d_model, V vocab; P tokens padded
+to whole blocks; Q queries and C keys of one attention (C also cached + new decoder steps); R rows per
+input in generation (beams x returned sequences). Each letter has this one meaning; counts of layers
+are written out ("layers"), never a letter.
 Every function takes arrays and plain parameter dicts (the checkpoint's own tree) and returns arrays;
 the array module (NumPy or CuPy) comes from the inputs.
 """
@@ -143,15 +146,15 @@ def softmax(s):
 
 
 def split_heads(x, num_heads):
-    """[B, L, M] -> [B, H, L, D] (a strided view; matmul reads it without copying)."""
-    B, L, M = x.shape
-    return x.reshape(B, L, num_heads, M // num_heads).transpose(0, 2, 1, 3)
+    """[B, T, M] -> [B, H, T, D] (T tokens or decoder steps; a strided view, read by matmul without a copy)."""
+    B, T, M = x.shape
+    return x.reshape(B, T, num_heads, M // num_heads).transpose(0, 2, 1, 3)
 
 
 def merge_heads(x):
-    """[B, H, L, D] -> [B, L, H*D]."""
-    B, H, L, D = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, L, H * D)
+    """[B, H, T, D] -> [B, T, H*D]."""
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
 def additive_mask(attention_mask, dtype, xp):

@@ -37,30 +37,32 @@ class Tolerance:
         return self.error(got, want) <= self.bound(want)
 
 
-TINY_FP32 = Tolerance(
-    "TINY_FP32", 1e-5, 0.0, "activations and attentions of tiny fp32 models (one layer function or the whole model)",
-    "only the summation order of matmuls and softmax differs, ~1e-7 relative, far below 1e-5 at O(1) magnitudes")
-LOGITS = Tolerance(
-    "LOGITS", 1e-4, 0.0, "fp32 logits and loss (tiny models, goldens)",
-    "the bound the project sets for fp32 logits: sums over the vocabulary's width of O(1) values")
-SCORES = Tolerance(
-    "SCORES", 1e-4, 1e-5, "generation's sequences_scores",
-    "sums of ~10 fp32 log-probs whose logits differ by ~1e-6; the relative term covers scores made large by penalties")
-LONG_INPUTS = Tolerance(
-    "LONG_INPUTS", 1e-4, 1e-5, "every intermediate in the parity tool (its default), up to thousands of tokens",
-    "a trained model's residual stream grows layer after layer and fp32 rounding with it; the sinusoid's last-bit "
-    "differences grow with the position")
-REAL_CHECKPOINT = Tolerance(
-    "REAL_CHECKPOINT", 1e-3, 1e-4, "every intermediate of google/pegasus-x-base/-large, forward and decoding steps",
-    "768/1024-wide matmuls sum in another order than torch's: ~1e-6 relative per operation over 32 layers")
-CUPY_LOGITS = Tolerance(
-    "CUPY_LOGITS", 1e-4, 0.0, "CuPy logits against NumPy and the goldens",
-    "cuBLAS and OpenBLAS sum in different orders (~1e-6 relative at these sizes); TF32 is refused")
-CUPY_ACTIVATIONS = Tolerance(
-    "CUPY_ACTIVATIONS", 1e-5, 0.0, "CuPy encoder attentions against NumPy",
-    "probabilities are O(1) and normalized: summation order alone, as for TINY_FP32")
-
-LADDER = (TINY_FP32, LOGITS, SCORES, LONG_INPUTS, REAL_CHECKPOINT, CUPY_LOGITS, CUPY_ACTIVATIONS)
+# name, atol, rtol, what it bounds, why
+LADDER = tuple(Tolerance(*rung) for rung in (
+    ("TINY_FP32", 1e-5, 0.0,
+     "activations and attentions of tiny fp32 models (one layer function or the whole model)",
+     "only the summation order of matmuls and softmax differs, ~1e-7 relative, far below 1e-5 at O(1) magnitudes"),
+    ("LOGITS", 1e-4, 0.0,
+     "fp32 logits and loss (tiny models, goldens)",
+     "the bound the project sets for fp32 logits: sums over the vocabulary's width of O(1) values"),
+    ("SCORES", 1e-4, 1e-5,
+     "generation's sequences_scores",
+     "sums of ~10 fp32 log-probs whose logits differ by ~1e-6; the relative term covers scores made large by penalties"),
+    ("LONG_INPUTS", 1e-4, 1e-5,
+     "every intermediate in the parity tool (its default), up to thousands of tokens",
+     "a trained model's residual stream grows layer after layer and fp32 rounding with it; the sinusoid's last-bit "
+    "differences grow with the position"),
+    ("REAL_CHECKPOINT", 1e-3, 1e-4,
+     "every intermediate of google/pegasus-x-base/-large, forward and decoding steps",
+     "768/1024-wide matmuls sum in another order than torch's: ~1e-6 relative per operation over 32 layers"),
+    ("CUPY_LOGITS", 1e-4, 0.0,
+     "CuPy logits against NumPy and the goldens",
+     "cuBLAS and OpenBLAS sum in different orders (~1e-6 relative at these sizes); TF32 is refused"),
+    ("CUPY_ACTIVATIONS", 1e-5, 0.0,
+     "CuPy encoder attentions against NumPy",
+     "probabilities are O(1) and normalized: summation order alone, as for TINY_FP32"),
+))
+TINY_FP32, LOGITS, SCORES, LONG_INPUTS, REAL_CHECKPOINT, CUPY_LOGITS, CUPY_ACTIVATIONS = LADDER
 
 
 def markdown_table() -> str:

@@ -8,7 +8,7 @@ patterns.py (NumPy only): the structure
     influence_hops     after how many layers token j can reach token i                   [T, T] int
 probs.py (NumPy only): the model's real probabilities
     densify            blocked probabilities of one layer stitched into the full picture [H, G+T, G+T]
-    to_bertviz         short inputs as bertviz's model_view wants them                   NumPy [1, H, L, L]
+    to_bertviz         short inputs as bertviz's model_view wants them                   NumPy [1, H, G+T, G+T]
 minipegx/cost.py: encoder_cost, FLOPs and bytes of the encoder (PEGASUS-X or full attention)
 draw.py (matplotlib, imported when first drawn; `pip install 'minipegx[viz]'`):
     plot_attention_pattern, plot_attention, plot_cross_attention, plot_influence, plot_cost

@@ -28,11 +28,11 @@ CATEGORIES = ("impossible", "padding", "local block", "staggered block", "local 
 
 # ============================================================================== checks at the boundary
 def layer_index(config, layer):
-    L = config.encoder_layers
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -L <= layer < L:
-        raise InputError(f"layer must be an encoder layer index in [-{L}, {L}) (the model has {L} encoder "
+    n = config.encoder_layers
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+        raise InputError(f"layer must be an encoder layer index in [-{n}, {n}) (the model has {n} encoder "
                          f"layers), got {layer!r}")
-    return int(layer) % L
+    return int(layer) % n
 
 
 def layer_list(config, layer):
