@@ -136,16 +136,20 @@ def check_finite(x, name):
         raise InputError(f"{name} holds NaN or inf; every value must be finite")
 
 
+def ids_or_embeds(model, ids, embeds, prefix="", hint=""):
+    """Exactly one of {prefix}input_ids / {prefix}inputs_embeds, checked: (ids, embeds, [rows, length])."""
+    if (ids is None) == (embeds is None):
+        raise InputError(f"give exactly one of {prefix}input_ids or {prefix}inputs_embeds{hint}")
+    if ids is not None:
+        ids = as_ids(model, ids, f"{prefix}input_ids")
+        return ids, None, ids.shape
+    embeds = as_hidden(model, embeds, f"{prefix}inputs_embeds")
+    return None, embeds, embeds.shape[:2]
+
+
 def check_encoder_inputs(model, input_ids, attention_mask, inputs_embeds):
     """(ids, mask, embeds) checked: exactly one of ids / embeds, a mask of their [B, T] shape."""
-    if (input_ids is None) == (inputs_embeds is None):
-        raise InputError("give exactly one of input_ids or inputs_embeds")
-    if input_ids is not None:
-        input_ids = as_ids(model, input_ids, "input_ids")
-        shape = input_ids.shape
-    else:
-        inputs_embeds = as_hidden(model, inputs_embeds, "inputs_embeds")
-        shape = inputs_embeds.shape[:2]
+    input_ids, inputs_embeds, shape = ids_or_embeds(model, input_ids, inputs_embeds)
     if attention_mask is not None:
         attention_mask = as_mask(model, attention_mask, shape, "attention_mask")
         empty = ~(attention_mask == 1).any(axis=1)

@@ -23,7 +23,8 @@ from .errors import InputError
 from .generation import generate
 # The input checks live in inputs.py (shared with generation); as_ids, as_mask, as_labels and
 # check_encoder_inputs stay importable from here.
-from .inputs import as_flag, as_hidden, as_ids, as_labels, as_mask, check_encoder_inputs, check_past_key_values
+from .inputs import (as_flag, as_hidden, as_ids, as_labels, as_mask, check_encoder_inputs, check_past_key_values,
+                     ids_or_embeds)
 from .layers import linear, record
 
 
@@ -156,17 +157,9 @@ def forward(model, input_ids=None, attention_mask=None, decoder_input_ids=None, 
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             labels = as_labels(model, labels)
             decoder_input_ids = shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id)
-    if decoder_input_ids is None and decoder_inputs_embeds is None:
-        raise InputError("give decoder_input_ids (e.g. [[config.decoder_start_token_id]]), decoder_inputs_embeds "
-                         "or labels")
-    if decoder_input_ids is not None and decoder_inputs_embeds is not None:
-        raise InputError("give decoder_input_ids or decoder_inputs_embeds, not both")
-    if decoder_input_ids is not None:
-        decoder_input_ids = as_ids(model, decoder_input_ids, "decoder_input_ids")
-        dshape = decoder_input_ids.shape
-    else:
-        decoder_inputs_embeds = as_hidden(model, decoder_inputs_embeds, "decoder_inputs_embeds")
-        dshape = decoder_inputs_embeds.shape[:2]
+    decoder_input_ids, decoder_inputs_embeds, dshape = ids_or_embeds(
+        model, decoder_input_ids, decoder_inputs_embeds, "decoder_",
+        " (e.g. [[config.decoder_start_token_id]]), or labels to derive them from")
     if labels is not None:
         labels = as_labels(model, labels, dshape)
     if dshape[0] % B:
