@@ -57,6 +57,12 @@ def short(v, limit=80):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def check_model(model):
+    """A loaded model (what from_pretrained returns), before anything reads from it."""
+    if not all(hasattr(model, a) for a in ("config", "params", "generation_config", "encode", "xp")):
+        raise InputError(f"model must be a loaded PegasusX (minipegx.from_pretrained(...)), got {short(model)}")
+
+
 # ---------------------------------------------------------------------------------------------- arrays
 def as_array(x, name, items="numbers"):
     """A list, tuple or array -> an array (NumPy for lists); InputError for anything else."""
@@ -72,7 +78,7 @@ def as_array(x, name, items="numbers"):
 
 
 def as_ids(model, ids, name):
-    """Lists or arrays of token ids -> an int64 [B, L] array on the model's backend, checked on the way:
+    """Lists or arrays of token ids -> an int64 [rows, length] array on the model's backend, checked on the way:
     integers, rank 1 or 2, a non-empty batch, every id in [0, vocab_size) (CuPy would wrap bad ids
     silently)."""
     ids = as_array(ids, name, "token ids")

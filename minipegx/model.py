@@ -2,8 +2,9 @@
 reference's inputs and outputs (transformers' PegasusXForConditionalGeneration / Seq2SeqLMOutput).
 
 `PegasusX` is a thin value holder: everything it does is a call to the array functions in
-encoder.py, decoder.py and layers.py. Inputs are checked here, at the boundary, so the layer
-functions stay free of checks that hide the math.
+encoder.py, decoder.py and layers.py. Every argument is checked at this boundary (by inputs.py, before any
+work), so the layer functions stay free of checks that hide the math. The cross-attention keys/values
+and mask come from decoding.prepare_decoding, the same function generation uses.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .generation import generate
 # The input checks live in inputs.py (shared with generation); as_ids, as_mask, as_labels and
 # check_encoder_inputs stay importable from here.
 from .inputs import (as_flag, as_hidden, as_ids, as_labels, as_mask, check_encoder_inputs, check_past_key_values,
-                     ids_or_embeds)
+                     ids_or_embeds, short)
 from .layers import linear, record
 
 
@@ -97,11 +98,14 @@ def check_call_names(args, inputs):
     names = list(inspect.signature(forward).parameters)[1:]
     if len(args) > len(names):
         raise InputError(f"the model takes at most {len(names)} arguments, got {len(args)}; pass them by name")
+    twice = sorted(set(names[:len(args)]) & set(inputs))
+    if twice:
+        raise InputError(f"{', '.join(twice)} given both by position and by name; give each once")
     unknown = sorted(set(inputs) - set(names))
     if unknown:
         hints = {u: difflib.get_close_matches(u, names, 1) for u in unknown}
         hint = "".join(f" Did you mean {h[0]!r} for {u!r}?" for u, h in hints.items() if h)
-        raise InputError(f"unknown model argument(s) {', '.join(map(repr, unknown))}.{hint} "
+        raise InputError(f"unknown model argument(s) {', '.join(map(short, unknown))}.{hint} "
                          f"Known arguments: {', '.join(names)}")
 
 
@@ -234,6 +238,9 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
 
     if path is None:
         path = demo_model_path()
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path must be a checkpoint directory (a str or os.PathLike) or None for the demo model, "
+                         f"got {short(path)}")
     path = os.fspath(path)
     xp = B_.get_backend(backend)
     compute = B_.resolve_dtype(dtype, xp)

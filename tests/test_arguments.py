@@ -194,6 +194,12 @@ def test_load_refuses_wrong_argument_types_naming_the_argument(kw, name):
         pipeline.load(**kw)
 
 
+@pytest.mark.parametrize("path", [5, ["a"], b"bytes"])
+def test_from_pretrained_refuses_a_path_that_is_not_a_path(path):
+    with pytest.raises(InputError, match="path"):
+        minipegx.from_pretrained(path)
+
+
 def test_summarize_still_summarizes_a_text_and_a_list(model):
     tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path())
     demo = minipegx.from_pretrained(None)
@@ -269,3 +275,36 @@ def test_other_model_arguments_are_checked_before_the_encoder_runs(model, kw, wo
 def test_the_model_call_takes_forward_arguments_by_position_as_transformers(model):
     a = model(IDS, MASK, [[0], [0]]).logits
     np.testing.assert_array_equal(a, model(input_ids=IDS, attention_mask=MASK, decoder_input_ids=[[0], [0]]).logits)
+
+
+def test_an_argument_given_by_position_and_by_name_is_refused(model):
+    with pytest.raises(InputError, match="input_ids given both"):
+        model(IDS, input_ids=IDS, decoder_input_ids=[[0], [0]])
+
+
+@pytest.mark.parametrize("not_a_model", [None, "pegasus-x-base", 3])
+def test_generate_needs_a_loaded_model(not_a_model):
+    with pytest.raises(InputError, match="PegasusX"):
+        generate(not_a_model, IDS)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layer=st.integers(0, 1), entry=st.integers(0, 3), axis=st.integers(0, 3), size=st.integers(0, 12),
+       rank=st.sampled_from([3, 4, 5]))
+def test_any_reshaped_past_key_values_entry_runs_or_raises_input_error(model, layer, entry, axis, size, rank):
+    """One entry of a real cache, resized along one axis or given another rank: it is used only if
+    its shape is exactly what the layer needs, and then the result is the unchanged call's."""
+    pkv, _ = cached_call(model)
+    pkv = [list(p) for p in pkv]
+    a = pkv[layer][entry]
+    shape = list(a.shape)
+    shape[axis] = size
+    shape = (shape + [1])[:rank] if rank > 4 else shape[:rank]
+    pkv[layer][entry] = np.resize(a, shape).astype(a.dtype)
+    kw = dict(input_ids=IDS, attention_mask=MASK, decoder_input_ids=[[3], [4]])
+    try:
+        out = model(**kw, past_key_values=pkv)
+    except InputError:
+        return
+    assert tuple(shape) == a.shape
+    np.testing.assert_allclose(out.logits, model(**kw, past_key_values=cached_call(model)[0]).logits, atol=1e-5)

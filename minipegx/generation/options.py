@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import GenerationConfigError, MiniPegxWarning
-from ..inputs import as_flag, as_int, as_real, short
+from ..inputs import as_flag, as_int, as_real, check_model, short
 
 LONG_RUN = 1024              # warn above this many decoder steps when max_new_tokens is not given
 # Stated limits (raise them here for a legitimate need): they bound the memory one call can ask for.
@@ -247,6 +247,7 @@ def special_tokens(v):
 def resolve_options(model, options: dict) -> GenerationOptions:
     """Every option's final value (see layered_options for the precedence), checked: anything invalid
     raises GenerationConfigError naming the option and the fix."""
+    check_model(model)
     check_names(options)
     o = checked(layered_options(model, options), model.config.vocab_size)
     v = {name: value for name, (value, _) in o.items()}
