@@ -10,6 +10,7 @@ H heads, D head dim, M d_model.
 from __future__ import annotations
 
 from .backend import array_module, finfo
+from .blocks import padded_length, stagger_shift
 from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, record,
                      sinusoidal_positions, softmax, split_heads)
 from .precision import assert_finite, checks_on, matmul, residual, scores
@@ -87,7 +88,7 @@ def stagger(x, mask, block_size):
     """Shift blocks by half a block: pad K/2 tokens (masked) on both sides, so the padded sequence has
     one block more and every block straddles two of the unstaggered ones (pad_local_tokens)."""
     xp = array_module(x)
-    h = block_size // 2
+    h = stagger_shift(block_size, staggered=True)                             # K/2
     x = xp.pad(x, ((0, 0), (h, h), (0, 0)))                                   # [B, P+K, M]
     mask = xp.pad(mask, ((0, 0), (h, h)), constant_values=finfo(mask.dtype).min)  # [B, P+K]
     return x, mask
@@ -110,7 +111,8 @@ def encoder_layer(x, g, mask, p, config, staggered, trace=None, name="", output_
     record(trace, f"{name}.self_attn", h)
     record(trace, f"{name}.self_attn.global", hg)
     if staggered:
-        h = h[:, K // 2:-(K // 2)]                               # [B, P, M] undo the half-block shift
+        shift = stagger_shift(K, staggered)
+        h = h[:, shift:-shift]                                   # [B, P, M] undo the half-block shift
     x = x + h
     g = g + hg
     x = x + ffn(layer_norm(x, p["final_layer_norm"]), p, config.activation_function)
@@ -147,7 +149,7 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
         attention_mask = xp.ones((B, T), dtype=dtype)
     mask = additive_mask(attention_mask, dtype, xp)              # [B, T]
     K = config.block_size
-    pad = (-T) % K
+    pad = padded_length(T, K) - T
     if pad:  # pad tokens to whole blocks; the padding is masked with finfo.min
         x = xp.pad(x, ((0, 0), (0, pad), (0, 0)))                # [B, P, M]
         mask = xp.pad(mask, ((0, 0), (0, pad)), constant_values=finfo(dtype).min)  # [B, P]

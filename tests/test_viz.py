@@ -21,12 +21,13 @@ from minipegx.checkpoint import expected_shapes, unflatten_params  # noqa: E402
 from minipegx.config import PegasusXConfig  # noqa: E402
 from minipegx.errors import BackendError, InputError  # noqa: E402
 from minipegx.model import PegasusX  # noqa: E402
+from minipegx.tolerances import TINY_FP32  # noqa: E402
 
 TINY = dict(vocab_size=163, d_model=16, encoder_layers=3, decoder_layers=2, encoder_attention_heads=2,
             decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_global_tokens=2,
             block_size=4, max_position_embeddings=128, activation_function="relu")
 # Probabilities are float32 softmaxes of O(1) scores: 1e-5 is a few ulps of a probability.
-TOL = 1e-5
+TOL = TINY_FP32.atol  # minipegx.tolerances
 
 
 def tiny_model(seed=0, **overrides):
