@@ -15,3 +15,6 @@ from .generation.processors import (ban, encoder_ngrams, encoder_no_repeat_ngram
                                     log_softmax, make_rng, no_repeat_ngram, only, process_scores,
                                     repetition_penalty, token_mask, top_k, warp_for_sampling)
 from .generation.search import greedy  # noqa: F401
+from .generation.options import fail as _fail  # noqa: F401,E402  (the old private names)
+
+_beam_search, _greedy = beam_search, greedy

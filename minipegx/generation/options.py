@@ -121,7 +121,7 @@ def _seed(name, v, V):
         return v                                           # a Generator, used as is
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < 2 ** 64:
         fail(f"seed must be None, an integer in [0, 2**64) or a random Generator (numpy.random.default_rng(...)), "
-              f"got {short(v)}")
+             f"got {short(v)}")
     return int(v)
 
 
@@ -154,7 +154,7 @@ def check_names(options):
         hints = {u: difflib.get_close_matches(u, KNOWN_OPTIONS, 1) for u in unknown}
         hint = "; ".join(f"did you mean {h[0]!r} for {u!r}?" for u, h in hints.items() if h)
         fail(f"unknown generation option(s) {', '.join(map(repr, unknown))}. {hint + ' ' if hint else ''}"
-              f"Known options: {', '.join(KNOWN_OPTIONS)}")
+             f"Known options: {', '.join(KNOWN_OPTIONS)}")
 
 
 def check_options(options, vocab_size=None):
@@ -227,7 +227,7 @@ def lengths(o, max_position_embeddings):
         what = f"min_length ({min_length})"
     if min_length > max_length:
         fail(f"{what} asks for more tokens than the maximum (max_length {max_length}, start token included); "
-              "lower the minimum or raise max_new_tokens / max_length")
+             "lower the minimum or raise max_new_tokens / max_length")
     return max_length, min_length
 
 
@@ -240,7 +240,7 @@ def special_tokens(v):
     start = v["bos_token_id"] if v["decoder_start_token_id"] is None else v["decoder_start_token_id"]
     if start is None:
         fail("decoder_start_token_id is not set (nor bos_token_id): pass decoder_start_token_id=... "
-              "(PEGASUS-X uses 0, the pad token)")
+             "(PEGASUS-X uses 0, the pad token)")
     return start, eos, pad
 
 
@@ -254,17 +254,17 @@ def resolve_options(model, options: dict) -> GenerationOptions:
     num_beams, nrs, do_sample = v["num_beams"], v["num_return_sequences"], v["do_sample"]
     if num_beams > 1 and nrs > num_beams:
         fail(f"num_return_sequences ({nrs}) must be <= num_beams ({num_beams}): beam search returns its best "
-              f"num_beams hypotheses; raise num_beams or lower num_return_sequences")
+             f"num_beams hypotheses; raise num_beams or lower num_return_sequences")
     if num_beams == 1 and nrs > 1 and not do_sample:
         fail(f"num_return_sequences={nrs} needs num_beams >= {nrs} (beam search) or do_sample=True; greedy "
-              "search has a single answer")
+             "search has a single answer")
     max_length, min_length = lengths(o, model.config.max_position_embeddings)
     if do_sample and not v["temperature"] > 0:
         fail(f"temperature must be a number > 0 with do_sample=True, got {v['temperature']} (for the most "
-              "likely tokens use do_sample=False: greedy or beam search)")
+             "likely tokens use do_sample=False: greedy or beam search)")
     if abs(v["length_penalty"]) * math.log(max_length) > MAX_PENALTY_EXPONENT:
         fail(f"length_penalty={v['length_penalty']} makes length ** length_penalty overflow float32 at "
-              f"max_length={max_length}; keep |length_penalty| <= {MAX_PENALTY_EXPONENT / math.log(max_length):.3g}")
+             f"max_length={max_length}; keep |length_penalty| <= {MAX_PENALTY_EXPONENT / math.log(max_length):.3g}")
     start, eos, pad = special_tokens(v)
     return GenerationOptions(
         max_length=max_length, min_length=min_length, num_beams=num_beams, length_penalty=v["length_penalty"],
