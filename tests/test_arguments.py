@@ -308,4 +308,5 @@ def test_any_reshaped_past_key_values_entry_runs_or_raises_input_error(model, la
     except InputError:
         return
     assert tuple(shape) == a.shape
-    np.testing.assert_array_equal(out.logits, model(**kw, past_key_values=cached_call(model)[0]).logits)
+    # A contiguous copy of the entry may take another BLAS path: equal to the LOGITS rung, not bit for bit.
+    assert LOGITS.holds(out.logits, model(**kw, past_key_values=cached_call(model)[0]).logits)
