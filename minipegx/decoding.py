@@ -24,11 +24,6 @@ class Decoding:
     kvs: tuple
     cross_mask: object
 
-    @property
-    def inputs(self):
-        """B, the number of inputs (the decoder may run R rows for each)."""
-        return self.kvs[0][0].shape[0]
-
 
 def prepare_decoding(model, encoder_hidden, attention_mask=None, kvs=None) -> Decoding:
     """Cross keys/values for every decoder layer from the encoder's last hidden state [B, T, M] (or the

@@ -1,5 +1,6 @@
-"""The package's import graph has no circle, and every module imports on its own in a fresh interpreter
-(so no module works only because another one happened to be imported first)."""
+"""The package's layout: its import graph has no circle, every module imports on its own in a fresh
+interpreter (so no module works only because another one happened to be imported first), and the
+cross-attention keys/values are built in one place for the forward pass and the search."""
 
 import ast
 import subprocess
@@ -108,3 +109,21 @@ def test_generation_and_input_checks_never_import_the_model():
 def test_every_module_imports_alone_in_a_fresh_interpreter(module):
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def calls_to(function):
+    """{module: number of calls to `function`} over the package (a bare name or an attribute)."""
+    found = {}
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                if (f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)) == function:
+                    found[module_name(path)] = found.get(module_name(path), 0) + 1
+    return found
+
+
+def test_cross_keys_values_and_the_cross_mask_are_prepared_in_one_place():
+    assert calls_to("cross_kv") == {"minipegx.decoding": 1}
+    users = calls_to("prepare_decoding")
+    assert set(users) == {"minipegx.model", "minipegx.generation.cache"}
