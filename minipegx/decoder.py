@@ -2,7 +2,7 @@
 (with a key/value cache) and cross-attention over the encoder's tokens (not its global tokens).
 
 Shape legend: B batch (inputs), R rows per input (beams x return sequences; 1 in a plain forward),
-S decoder steps in this call, P cached steps, L keys attended (P+S, or T), T encoder tokens, H heads,
+S decoder steps in this call, C keys attended (cached + new steps, or T), T encoder tokens, H heads,
 D head dim, M d_model.
 The dynamic self-attention cache is a value: tuples in, tuples out. The static one (StaticCache) is
 a named, preallocated buffer written in place; see its docstring for why it exists.
@@ -22,16 +22,16 @@ def attention(q, k, v, mask):
     """softmax(q k^T * D^-1/2 + mask) v. The decoder scales the scores after the product, as the
     reference's eager_attention_forward does (the encoder pre-scales its queries instead).
 
-    q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L].
+    q [..., S, D], k and v [..., C, D], mask additive, broadcastable to [..., S, C].
     The scores are computed as (k q^T)^T: with the keys as the left operand BLAS streams them once, which
-    is what a decoding step (S = 1, L up to 16k encoder tokens) is made of (~4x faster in OpenBLAS than
+    is what a decoding step (S = 1, C up to 16k encoder tokens) is made of (~4x faster in OpenBLAS than
     q k^T, where the long operand is packed on the right). Made contiguous again for the softmax."""
     xp = array_module(q)
-    s = xp.ascontiguousarray(scores(k, q.swapaxes(-1, -2)).swapaxes(-1, -2))  # [..., L, D] @ [..., D, S] -> [..., S, L]
+    s = xp.ascontiguousarray(scores(k, q.swapaxes(-1, -2)).swapaxes(-1, -2))  # [..., C, D] @ [..., D, S] -> [..., S, C]
     s *= q.shape[-1] ** -0.5
     if mask is not None:
         s += mask
-    probs = softmax(s)                                           # [..., S, L]
+    probs = softmax(s)                                           # [..., S, C]
     return matmul(probs, v), probs                               # [..., S, D]
 
 
@@ -77,18 +77,18 @@ class StaticCache:
 def self_attention(x, p, num_heads, mask, cache=None):
     """Causal self-attention over the past steps' keys/values and the S new ones.
 
-    cache: None; (k, v) of the P past steps, each [B, H, P, D], a value grown by concatenation; or a
-    StaticCache, written in place. Returns the output [B, S, M], probs [B, H, S, P+S] and the new cache
+    cache: None; (k, v) of the past steps, each [B, H, C-S, D], a value grown by concatenation; or a
+    StaticCache, written in place. Returns the output [B, S, M], probs [B, H, S, C] and the new cache
     (a new (k, v) tuple, or the same StaticCache advanced)."""
     xp = array_module(x)
     q = split_heads(linear(x, p["q_proj"]["weight"]), num_heads)  # [B, H, S, D]
     k = split_heads(linear(x, p["k_proj"]["weight"]), num_heads)  # [B, H, S, D]
     v = split_heads(linear(x, p["v_proj"]["weight"]), num_heads)  # [B, H, S, D]
     if isinstance(cache, StaticCache):
-        k, v = cache.write(k, v)                                  # [B, H, P+S, D] views
+        k, v = cache.write(k, v)                                  # [B, H, C, D] views
     else:
         if cache is not None:                                     # dynamic
-            k = xp.concatenate([cache[0], k], axis=2)             # [B, H, P+S, D]
+            k = xp.concatenate([cache[0], k], axis=2)             # [B, H, C, D]
             v = xp.concatenate([cache[1], v], axis=2)
         cache = (k, v)
     out, probs = attention(q, k, v, mask)                         # [B, H, S, D]
@@ -152,11 +152,11 @@ def decoder_layer(x, p, config, self_mask, kv, cross_mask, cache=None, trace=Non
 
 def causal_mask(S, past, dtype, xp, decoder_attention_mask=None):
     """Additive mask [B or 1, 1, S, past+S]: step i sees keys 0..past+i, and none the padding mask hides."""
-    L = past + S
-    allowed = xp.arange(L)[None, :] <= (past + xp.arange(S))[:, None]    # [S, L]
-    allowed = allowed[None, None]                                        # [1, 1, S, L]
+    C = past + S
+    allowed = xp.arange(C)[None, :] <= (past + xp.arange(S))[:, None]    # [S, C]
+    allowed = allowed[None, None]                                        # [1, 1, S, C]
     if decoder_attention_mask is not None:
-        allowed = allowed & (xp.asarray(decoder_attention_mask)[:, None, None, :L] == 1)  # [B, 1, S, L]
+        allowed = allowed & (xp.asarray(decoder_attention_mask)[:, None, None, :C] == 1)  # [B, 1, S, C]
     return xp.where(allowed, 0.0, finfo(dtype).min).astype(dtype)
 
 

@@ -4,7 +4,7 @@ scaled token embeddings, sinusoidal positions, softmax and the scaled-dot-produc
 Shape legend (used everywhere in minipegx): B batch, T tokens, S decoder steps, N blocks,
 K block size, G global tokens, H heads, D head dim, F FFN width, M d_model, V vocab; P tokens padded
 to whole blocks; Q queries and C keys of one attention (C also cached + new decoder steps); R rows per
-input in generation (beams x returned sequences). Each letter has this one meaning; counts of layers
+input in generation (W beams x returned sequences). Each letter has this one meaning; counts of layers
 are written out ("layers"), never a letter.
 Every function takes arrays and plain parameter dicts (the checkpoint's own tree) and returns arrays;
 the array module (NumPy or CuPy) comes from the inputs.
