@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -192,3 +193,131 @@ def run_cli(args, read_inputs):
     size = write_page(data, args.out)
     print(f"wrote {args.out}: {data['T']} tokens, {size / 1e6:.1f} MB; open it in a browser (no server needed)")
     return 0
+
+
+# ============================================================================== notebooks (plotly)
+@dataclass
+class Document:
+    """One document ready for the notebook views: the model, its EncoderViews (with each layer's
+    inputs, for the full-attention comparison), the tokens as shown and the annotated spans."""
+    model: object
+    views: object
+    tokens: list
+    spans: list
+    _qk: dict = field(default_factory=dict)
+
+    def qk(self, layer):
+        """Queries and keys of every position of `layer`, computed once ([H, G+T, D] each)."""
+        if layer not in self._qk:
+            self._qk[layer] = V.project_qk(self.model, *self.views.inputs[layer], layer)
+        return self._qk[layer]
+
+
+def document(text, model=None, tokenizer=None, spans=None):
+    """Encode `text` once and keep what the views need (per-layer blocked probabilities, mean over
+    heads, and the layers' inputs). spans: token spans to shade; default, the demo task's key sentences."""
+    from .pipeline import load
+
+    model, tokenizer = load(model, tokenizer)
+    ids = tokenizer([text], return_tensors="np")["input_ids"]
+    pieces = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    return Document(model, V.encoder_views(model, ids, keep_inputs=True), display_pieces(pieces),
+                    key_sentence_spans(pieces) if spans is None else list(spans))
+
+
+def _pool(rows, cols):
+    """[R, T] -> max over each of `cols` runs of tokens -> (x: first token of each run, [R, cols'])."""
+    T = rows.shape[1]
+    s = -(-T // cols)
+    padded = np.pad(rows, ((0, 0), (0, (-T) % s)))
+    return np.arange(0, T, s), padded.reshape(rows.shape[0], -1, s).max(axis=2)
+
+
+def _log(a):
+    with np.errstate(divide="ignore"):
+        return np.where(a > 0, np.log10(np.maximum(a, 1e-30)), np.nan)
+
+
+def figure(doc, query, layer=0, cols=1500, window=None):
+    """A plotly Figure of every view for token `query` (renders in static HTML, no kernel needed):
+    receptive field (structure and rollout), attention per layer, the global tokens' reads in `layer`,
+    and block-local against full attention in `layer` around the query (window tokens, default 4 K)."""
+    go, make_subplots = _plotly()
+    cfg, layers, T = doc.views.config, doc.views.layers, len(doc.tokens)
+    G, K, L = cfg.num_global_tokens, cfg.block_size, len(layers)
+    rows = ["receptive field: structure (2 local blocks, 1 through a global token)",
+            "weighted reach (rollout), log10", "attention of the token per layer, log10",
+            f"global tokens' reads, layer {layer}, log10", f"layer {layer}: block-local vs full attention"]
+    fig = make_subplots(rows=5, cols=1, subplot_titles=rows, vertical_spacing=0.06,
+                        row_heights=[0.14, 0.14, 0.14, 0.28, 0.3])
+    names = ["input"] + [f"after L{i}" for i in range(L)]
+    x, z = _pool(V.reach_structure(cfg, T, query).astype(float), cols)
+    fig.add_trace(go.Heatmap(x=x, y=names, z=z, colorscale=[[0, "#fff"], [0.5, "#cfe0f7"], [1, "#3a6fc4"]],
+                             showscale=False, name="structure"), 1, 1)
+    x, z = _pool(V.reach_weighted(layers, query)[:, G:], cols)
+    fig.add_trace(go.Heatmap(x=x, y=names, z=_log(z), zmin=-5, zmax=0, colorscale="Magma_r", showscale=False,
+                             name="rollout"), 2, 1)
+    x, z = _pool(np.array([V.token_attention(a, query)[1] for a in layers]), cols)
+    fig.add_trace(go.Heatmap(x=x, y=[f"L{i}" for i in range(L)], z=_log(z), zmin=-5, zmax=0,
+                             colorscale="Magma_r", showscale=False, name="attention"), 3, 1)
+    x, z = _pool(V.global_reads(layers[layer])[1], cols)
+    fig.add_trace(go.Heatmap(x=x, y=[f"g{g}" for g in range(G)], z=_log(z), zmin=-5, zmax=0,
+                             colorscale="Magma_r", colorbar=dict(title="log10 p", len=0.5, y=0.75), name="global"),
+                  4, 1)
+    for a, b in doc.spans:
+        fig.add_vrect(x0=a, x1=b, fillcolor="gold", opacity=0.35, line_width=1, line_color="gold", layer="above",
+                      row=4, col=1)
+    w = window or 4 * K
+    lo, hi = max(0, query - w // 2), min(T, query + w // 2)
+    q, k = doc.qk(layer)
+    full = V.full_attention_row(q, k, query, G)
+    local = np.concatenate(V.token_attention(layers[layer], query))
+    pos = np.arange(lo, hi)
+    text = [doc.tokens[t] for t in pos]
+    fig.add_trace(go.Scatter(x=pos, y=full[G + pos], text=text, name="full attention (all keys)",
+                             line=dict(color="#888")), 5, 1)
+    fig.add_trace(go.Scatter(x=pos, y=np.where(local[G + pos] > 0, local[G + pos], np.nan), text=text,
+                             name="block-local (the model)",
+                             line=dict(color="#d62728")), 5, 1)
+    fig.update_yaxes(type="log", row=5, col=1)
+    for r in range(1, 5):
+        fig.add_vline(x=query, line_color="#d62728", line_width=1, row=r, col=1)
+    for b in V.block_geometry(cfg, layer, T)["starts"]:
+        if lo <= b < hi:
+            fig.add_vline(x=b - 0.5, line_color="#000", line_width=0.5, row=5, col=1)
+    fig.update_layout(height=1000, title=f"token {query} {doc.tokens[query]!r} (T={T}, K={K}, G={G})",
+                      legend=dict(orientation="h", y=-0.05))
+    return fig
+
+
+def widget(doc, query=0, layer=0):
+    """Interactive: a token slider and a layer picker above figure()'s views; moving them updates the
+    figure's traces in place (ipywidgets + plotly FigureWidget; the first figure is also what a static
+    export shows)."""
+    go, _ = _plotly()
+    import ipywidgets as W
+
+    fig = go.FigureWidget(figure(doc, query, layer))
+    token = W.IntSlider(value=query, min=0, max=len(doc.tokens) - 1, description="token",
+                        continuous_update=False, layout=W.Layout(width="90%"))
+    which = W.Dropdown(options=list(range(len(doc.views.layers))), value=layer, description="layer")
+
+    def update(_=None):
+        new = figure(doc, token.value, which.value)
+        with fig.batch_update():
+            for old, fresh in zip(fig.data, new.data):
+                old.update(fresh.to_plotly_json())
+            fig.layout = new.layout
+    token.observe(update, "value")
+    which.observe(update, "value")
+    return W.VBox([W.HBox([token, which]), fig])
+
+
+def _plotly():
+    try:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+    except ImportError as e:
+        from .errors import BackendError
+        raise BackendError("the notebook views need plotly: pip install 'minipegx[viz]'") from e
+    return go, make_subplots
