@@ -124,9 +124,9 @@ function signature(arrays) {               // what the browser test reads back: 
   return s.toFixed(6) + ":" + n;
 }
 const LEFT = 56;                           // label margin
-function shadeSpans(ctx, spans, y, h, x0 = LEFT) {
-  ctx.fillStyle = "rgba(255,214,0,0.35)";
-  for (const [a, b] of spans) ctx.fillRect(x0 + a / perPixel, y, Math.max(1, (b - a) / perPixel), h);
+function shadeSpans(ctx, spans, y, h, x0 = LEFT) { // over the rows, at least 4 px wide so a sentence shows at 16k
+  ctx.fillStyle = "rgba(44,160,44,0.3)";
+  for (const [a, b] of spans) { const w = Math.max(4, (b - a) / perPixel); ctx.fillRect(x0 + (a + b) / 2 / perPixel - w / 2, y, w, h); }
 }
 function marker(ctx, q, h, x0 = LEFT) {
   ctx.fillStyle = "#d62728"; ctx.fillRect(x0 + q / perPixel - 0.5, 0, 1.5, h);
@@ -171,7 +171,6 @@ function drawRows(id, rows, labels, rowH, extra) {
   const H = rows.length * rowH + 14;
   const [c, ctx] = setup(id, H);
   const pooledRows = rows.map(r => pooled(r, r.length - T));
-  if (extra && extra.shade) shadeSpans(ctx, extra.shade, 0, H - 14);
   pooledRows.forEach((p, i) => {
     const y = i * rowH;
     for (let x = 0; x < cols; x++) if (p[x] > 0) { ctx.fillStyle = colour(p[x]); ctx.fillRect(LEFT + x, y, 1, rowH - 1); }
@@ -186,6 +185,7 @@ function drawRows(id, rows, labels, rowH, extra) {
       for (let j = 0; j < G; j++) { ctx.fillStyle = colour(g[j]); ctx.fillRect(40 + j * gw, y, Math.max(gw, 0.5), rowH - 1); }
     }
   });
+  if (extra && extra.shade) shadeSpans(ctx, extra.shade, 0, H - 14);
   if (extra && extra.mark != null) { ctx.fillStyle = "rgba(0,0,0,0.12)"; ctx.fillRect(0, extra.mark * rowH, W, rowH); }
   if (extra && extra.query != null) marker(ctx, extra.query, H - 14);
   ctx.fillStyle = "#555"; ctx.fillText(`0 … ${T - 1} tokens, ${perPixel} per pixel (max)`, LEFT, H - 2);
@@ -285,7 +285,7 @@ function draw() {
   const q = state.q, struct = reachStructure(q), weighted = reachWeighted(q);
   const attn = layers.map((_, l) => tokenAttention(l, q));
   drawField(struct, weighted);
-  drawRows("reach", weighted.slice().reverse(), weighted.map((_, i) => i === L ? "input" : `after ${L - i}`), 14, {query: q});
+  drawRows("reach", weighted.slice().reverse(), weighted.map((_, i) => i === L ? "input" : `after L${L - 1 - i}`), 14, {query: q});
   drawRows("attn", attn, attn.map((_, l) => `L${l}`), 16, {ticks: attn.map((_, l) => l), globals: true, query: q});
   const grows = Array.from({length: G}, (_, g) => globalRow(state.layer, g));
   drawRows("globals", grows, grows.map((_, g) => `g${g}`), Math.max(3, Math.min(10, 200 / G)), {shade: D.keySpans, query: q, mark: state.global});
