@@ -190,7 +190,9 @@ function drawRows(id, rows, labels, rowH, extra) {
   if (extra && extra.query != null) marker(ctx, extra.query, H - 14);
   ctx.fillStyle = "#555"; ctx.fillText(`0 … ${T - 1} tokens, ${perPixel} per pixel (max)`, LEFT, H - 2);
   c.dataset.signature = signature(pooledRows);
-  c.onclick = e => { const t = Math.floor((e.offsetX - LEFT) * perPixel); if (t >= 0 && t < T) select(t); };
+  c.onclick = e => {                       // a canvas may be shown scaled (the summary's): undo it
+    const t = Math.floor((e.offsetX * W / c.clientWidth - LEFT) * perPixel); if (t >= 0 && t < T) select(t);
+  };
   return c;
 }
 
