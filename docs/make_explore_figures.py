@@ -19,14 +19,14 @@ import tempfile
 import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+from matplotlib.colors import ListedColormap, LogNorm
+from matplotlib.figure import Figure
 
-import minipegx  # noqa: E402
-from minipegx import explore  # noqa: E402
-from minipegx import views as V  # noqa: E402
-from tools.demo_data import make_example  # noqa: E402
+import minipegx
+from minipegx import explore
+from minipegx import views as V
+from tools.demo_data import make_example
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "img")
 BASE = minipegx.PegasusXConfig(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072,
@@ -44,8 +44,8 @@ def document_16k(tok, limit=explore.MAX_TOKENS):
 
 
 def pooled(rows, cols=1600):
-    x, z = explore._pool(np.asarray(rows, float), cols)
-    return x, z
+    """[R, T] -> [R, cols]: the max over each column's tokens (a 16k-token row fits a figure)."""
+    return explore.pool_max(np.asarray(rows, float), cols)[1]
 
 
 def blocks(ax, cfg, layer, lo, hi, y0, y1, **kw):
@@ -72,7 +72,7 @@ def receptive_field_base(path):
     top.set_title(f"what token {q}'s state can depend on after each layer, tokens {lo}-{hi}: dark = through "
                   "local blocks alone (wider by K per layer),\nlight = only through a global token; black lines: "
                   "the blocks of the layer that made the row", fontsize=9)
-    x, z = pooled(codes, 1600)
+    z = pooled(codes, 1600)
     bottom.imshow(z[::-1], cmap=STRUCTURE, vmin=0, vmax=2, aspect="auto", interpolation="nearest",
                   extent=(0, T, -0.5, L + 0.5))
     bottom.axvline(q, color="#d62728", lw=1)
@@ -89,12 +89,12 @@ def weighted_views(doc, q, layer, path):
     G, L = cfg.num_global_tokens, len(layers)
     fig = Figure(figsize=(12, 9), layout="constrained")
     axes = fig.subplots(4, 1, height_ratios=[1, 1, 1, 2.2])
-    x, z = pooled(V.reach_weighted(layers, q)[:, G:])
+    z = pooled(V.reach_weighted(layers, q)[:, G:])
     axes[0].imshow(np.ma.masked_equal(z[::-1], 0), aspect="auto", interpolation="nearest", extent=(0, T, -0.5, L + 0.5), **PROBS)
     axes[0].set_yticks(range(L + 1), ["input"] + [f"after L{i}" for i in range(L)], fontsize=7)
     axes[0].set_title(f"weighted reach of token {q} ({doc.tokens[q].strip()!r}): attention rollout, each row sums to 1",
                       fontsize=9)
-    x, z = pooled([V.token_attention(a, q)[1] for a in layers])
+    z = pooled([V.token_attention(a, q)[1] for a in layers])
     axes[1].imshow(np.ma.masked_equal(z[::-1], 0), aspect="auto", interpolation="nearest", extent=(0, T, -0.5, L - 0.5), **PROBS)
     axes[1].set_yticks(range(L), [f"L{i}" for i in reversed(range(L))], fontsize=7)
     axes[1].set_title("what the token attends to in each layer (its block only; max per column)", fontsize=9)
@@ -108,7 +108,7 @@ def weighted_views(doc, q, layer, path):
     axes[2].set_yticks(range(L), [f"L{i}" for i in reversed(range(L))], fontsize=7)
     axes[2].set_title(f"the same, tokens {lo}-{hi}: blocks of K={cfg.block_size} (layer 1 shifted by half a block)",
                       fontsize=9)
-    x, z = pooled(V.global_reads(layers[layer])[1])
+    z = pooled(V.global_reads(layers[layer])[1])
     im = axes[3].imshow(np.ma.masked_equal(z, 0), aspect="auto", interpolation="nearest", extent=(0, T, G - 0.5, -0.5), **PROBS)
     for a, b in doc.spans:                                                 # ~14 tokens of 16k: drawn wider
         axes[3].axvspan(a - 30, b + 30, color="#2ca02c", alpha=0.25, lw=0, zorder=3)

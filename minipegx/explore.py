@@ -58,7 +58,7 @@ def _b64(a):
 def pack_rows(rows, keep):
     """[R, C] probabilities -> {"width": C, "keep": k, "values": base64 uint8 [R, k] and, when k < C,
     "index": base64 uint16 [R, k] column of each kept value (the k largest of the row)}."""
-    R, C = rows.shape
+    C = rows.shape[1]
     if keep >= C:
         return {"width": C, "keep": C, "values": _b64(quantize(rows))}
     if C > 65535:
@@ -225,7 +225,7 @@ def document(text, model=None, tokenizer=None, spans=None):
                     key_sentence_spans(pieces) if spans is None else list(spans))
 
 
-def _pool(rows, cols):
+def pool_max(rows, cols):
     """[R, T] -> max over each of `cols` runs of tokens -> (x: first token of each run, [R, cols'])."""
     T = rows.shape[1]
     s = -(-T // cols)
@@ -251,16 +251,16 @@ def figure(doc, query, layer=0, cols=1500, window=None):
     fig = make_subplots(rows=5, cols=1, subplot_titles=rows, vertical_spacing=0.06,
                         row_heights=[0.14, 0.14, 0.14, 0.28, 0.3])
     names = ["input"] + [f"after L{i}" for i in range(L)]
-    x, z = _pool(V.reach_structure(cfg, T, query).astype(float), cols)
+    x, z = pool_max(V.reach_structure(cfg, T, query).astype(float), cols)
     fig.add_trace(go.Heatmap(x=x, y=names, z=z, colorscale=[[0, "#fff"], [0.5, "#cfe0f7"], [1, "#3a6fc4"]],
                              showscale=False, name="structure"), 1, 1)
-    x, z = _pool(V.reach_weighted(layers, query)[:, G:], cols)
+    x, z = pool_max(V.reach_weighted(layers, query)[:, G:], cols)
     fig.add_trace(go.Heatmap(x=x, y=names, z=_log(z), zmin=-5, zmax=0, colorscale="Magma_r", showscale=False,
                              name="rollout"), 2, 1)
-    x, z = _pool(np.array([V.token_attention(a, query)[1] for a in layers]), cols)
+    x, z = pool_max(np.array([V.token_attention(a, query)[1] for a in layers]), cols)
     fig.add_trace(go.Heatmap(x=x, y=[f"L{i}" for i in range(L)], z=_log(z), zmin=-5, zmax=0,
                              colorscale="Magma_r", showscale=False, name="attention"), 3, 1)
-    x, z = _pool(V.global_reads(layers[layer])[1], cols)
+    x, z = pool_max(V.global_reads(layers[layer])[1], cols)
     fig.add_trace(go.Heatmap(x=x, y=[f"g{g}" for g in range(G)], z=_log(z), zmin=-5, zmax=0,
                              colorscale="Magma_r", colorbar=dict(title="log10 p", len=0.5, y=0.75), name="global"),
                   4, 1)

@@ -60,7 +60,7 @@ def signatures(driver):
 
 
 def test_clicking_a_token_selects_it_and_redraws_every_view(page):
-    driver, data, _ = page
+    driver, _, _ = page
     before = signatures(driver)
     target = 117
     token = driver.find_element(By.CSS_SELECTOR, f'#text span[data-t="{target}"]')
@@ -74,7 +74,7 @@ def test_clicking_a_token_selects_it_and_redraws_every_view(page):
 
 def test_the_pages_views_equal_pythons(page):
     driver, data, views = page
-    G, q = data["G"], 301
+    q = 301
     driver.execute_script(f"explore.select({q})")
     js = driver.execute_script("const l = explore.last; return [l.struct.map(r => Array.from(r)), "
                                "l.weighted.map(r => Array.from(r)), l.attn.map(r => Array.from(r))]")

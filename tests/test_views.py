@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_viz import TINY, tiny_model
 
-from minipegx import viz
 from minipegx import views as V
+from minipegx import viz
 from minipegx.config import PegasusXConfig
 from minipegx.errors import InputError
 
