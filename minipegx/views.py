@@ -12,6 +12,7 @@ glob [G, G+P] (P = N K padded positions). Every view below reads them directly:
     reach_structure      which input tokens a token's state can depend on, layer by layer  int8 [layers+1, T]
     reach_weighted       how much of it comes from each input (attention rollout)          [layers+1, G+T]
     influence_layers     after how many layers each token can influence one token          int [T]
+    influence_atoms      the same for every pair, between half blocks (no T x T)           [T], int [A, A]
 
 Memory is O(T (G+K)) per layer and every per-token view is O(T) (reach_weighted: O(layers^2 T (G+K))),
 so all of them run at 16k tokens. Shape legend: T tokens, P padded positions, N blocks, K block size,
@@ -237,6 +238,39 @@ def influence_layers(config, length, query, use_global=True, num_layers=None):
     codes = reach_structure(config, length, query, num_layers)
     reached = codes >= 1 if use_global else codes == 2             # [layers+1, T]
     return np.where(reached.any(axis=0), reached.argmax(axis=0), -1).astype(np.int32)
+
+
+def influence_atoms(config, length, use_global=True, num_layers=None):
+    """viz.influence_hops without its T x T matrix: tokens that share their block in every layer (the
+    "atoms": half blocks, when blocks are staggered) have the same influences, so the hops are computed
+    between atoms. -> (atom [T] int, hops [A, A] int32, A about 2T/K): for tokens i != j,
+    influence_hops[i, j] = hops[atom[i], atom[j]] (and 0 for i == j). Memory A^2, 64^2 at 16k tokens with
+    K=512, where influence_hops needs about 6 T^2 bytes (1.6 GB)."""
+    T = int(length)
+    L = config.encoder_layers if num_layers is None else int(num_layers)
+    pos = np.arange(T)
+    blocks = [block_of(config, layer, pos) for layer in range(L)]                     # [L][T]
+    cut = np.zeros(T, bool)
+    cut[0] = True
+    for b in blocks:
+        cut[1:] |= b[1:] != b[:-1]
+    atom = np.cumsum(cut) - 1                                                         # [T]
+    first = np.flatnonzero(cut)                                                       # [A] first token of each atom
+    A = len(first)
+    reach = np.eye(A, dtype=bool)                                                     # [a, b]: a's state depends on b
+    hops = np.where(reach, 0, -1).astype(np.int32)
+    globals_ = np.zeros(A, bool)                                                      # the global tokens depend on b
+    for layer in range(L):
+        block = blocks[layer][first]                                                  # [A] block of each atom
+        starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+        new = np.logical_or.reduceat(reach, starts, axis=0)[block - block[0]]         # OR over the atom's block
+        if use_global:
+            new |= globals_[None, :]
+            globals_ = globals_ | reach.any(axis=0)
+        hops[new & (hops < 0)] = layer + 1
+        reach = new
+    hops[np.arange(A), np.arange(A)] = 1 if L else -1                                 # i != j in one atom: one layer
+    return atom, hops
 
 
 def read_through(att, r_glob, r_tok):

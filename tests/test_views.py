@@ -162,3 +162,23 @@ def test_reach_weighted_is_the_dense_rollout_row_and_each_row_sums_to_one(tiny):
 def test_views_name_a_bad_query(tiny):
     with pytest.raises(InputError, match=r"query must be a token position in \[0, 41\)"):
         V.token_attention(tiny[3].layers[0], T)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"stagger_local_blocks": False}, {"block_size": 6}, {"encoder_layers": 1}])
+@pytest.mark.parametrize("use_global", [True, False])
+def test_influence_atoms_expand_to_influence_hops(overrides, use_global):
+    cfg = PegasusXConfig(**{**TINY, "encoder_layers": 4, **overrides})
+    atom, hops = V.influence_atoms(cfg, 39, use_global)
+    dense = hops[atom[:, None], atom[None, :]]
+    np.fill_diagonal(dense, 0)
+    np.testing.assert_array_equal(dense, viz.influence_hops(cfg, 39, use_global=use_global))
+
+
+def test_influence_atoms_are_half_blocks_at_the_base_shape():
+    cfg = PegasusXConfig(**{**TINY, "block_size": 512, "num_global_tokens": 128, "encoder_layers": 12})
+    atom, hops = V.influence_atoms(cfg, 16384, use_global=False)
+    assert hops.shape == (64, 64) and atom[255] == 0 and atom[256] == 1
+    # Through local blocks alone the reach grows by a half block per layer on each side (in turns):
+    # 12 half blocks to the left after 12 layers, never 13.
+    assert list(hops[32, 19:33]) == [-1, 12, 12, 10, 10, 8, 8, 6, 6, 4, 4, 2, 2, 1]
+    assert V.influence_atoms(cfg, 16384)[1].max() == 2                   # with global tokens: 2 layers
