@@ -28,28 +28,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import blocks
 from .backend import finfo, to_numpy
 from .encoder import global_local_attention, stagger
 from .errors import InputError
 from .layers import additive_mask, linear, split_heads
+from .viz.patterns import influence_atoms  # noqa: F401  (re-exported: a view of the structure)
 
 
 # ============================================================================== geometry
 def block_geometry(config, layer, length):
-    """Where encoder `layer`'s blocks lie for `length` tokens: {"shift": K/2 if staggered else 0,
-    "blocks": N (one more when staggered), "padded": N K, "starts": the token positions where a block
-    starts, clipped to [0, T)}. Token t is in block (t + shift) // K."""
-    K = config.block_size
-    shift = K // 2 if config.is_staggered(layer) else 0
-    N = -(-length // K) + (shift > 0)
-    starts = np.arange(N) * K - shift
-    return dict(shift=shift, blocks=N, padded=N * K, starts=np.unique(np.clip(starts, 0, length - 1)))
+    """Where encoder `layer`'s blocks lie for `length` tokens (minipegx.blocks): {"shift": K/2 if
+    staggered else 0, "blocks": N (one more when staggered), "padded": N K, "starts": the token
+    positions where a block starts, clipped to [0, T)}. Token t is in block (t + shift) // K."""
+    K, staggered = config.block_size, config.is_staggered(layer)
+    N = blocks.num_blocks(length, K, staggered)
+    starts = blocks.query_positions(np.arange(N), K, staggered)[:, 0]         # [N] first slot of each block
+    return dict(shift=blocks.stagger_shift(K, staggered), blocks=N, padded=N * K,
+                starts=np.unique(np.clip(starts, 0, length - 1)))
 
 
 def block_of(config, layer, positions):
-    """The block index of each token position in encoder `layer`."""
-    K = config.block_size
-    return (np.asarray(positions) + (K // 2 if config.is_staggered(layer) else 0)) // K
+    """The block index of each token position in encoder `layer` (minipegx.blocks.block_of)."""
+    return blocks.block_of(positions, config.block_size, config.is_staggered(layer))
 
 
 # ============================================================================== probabilities
@@ -238,39 +239,6 @@ def influence_layers(config, length, query, use_global=True, num_layers=None):
     codes = reach_structure(config, length, query, num_layers)
     reached = codes >= 1 if use_global else codes == 2             # [layers+1, T]
     return np.where(reached.any(axis=0), reached.argmax(axis=0), -1).astype(np.int32)
-
-
-def influence_atoms(config, length, use_global=True, num_layers=None):
-    """viz.influence_hops without its T x T matrix: tokens that share their block in every layer (the
-    "atoms": half blocks, when blocks are staggered) have the same influences, so the hops are computed
-    between atoms. -> (atom [T] int, hops [A, A] int32, A about 2T/K): for tokens i != j,
-    influence_hops[i, j] = hops[atom[i], atom[j]] (and 0 for i == j). Memory A^2, 64^2 at 16k tokens with
-    K=512, where influence_hops needs about 6 T^2 bytes (1.6 GB)."""
-    T = int(length)
-    L = config.encoder_layers if num_layers is None else int(num_layers)
-    pos = np.arange(T)
-    blocks = [block_of(config, layer, pos) for layer in range(L)]                     # [L][T]
-    cut = np.zeros(T, bool)
-    cut[0] = True
-    for b in blocks:
-        cut[1:] |= b[1:] != b[:-1]
-    atom = np.cumsum(cut) - 1                                                         # [T]
-    first = np.flatnonzero(cut)                                                       # [A] first token of each atom
-    A = len(first)
-    reach = np.eye(A, dtype=bool)                                                     # [a, b]: a's state depends on b
-    hops = np.where(reach, 0, -1).astype(np.int32)
-    globals_ = np.zeros(A, bool)                                                      # the global tokens depend on b
-    for layer in range(L):
-        block = blocks[layer][first]                                                  # [A] block of each atom
-        starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
-        new = np.logical_or.reduceat(reach, starts, axis=0)[block - block[0]]         # OR over the atom's block
-        if use_global:
-            new |= globals_[None, :]
-            globals_ = globals_ | reach.any(axis=0)
-        hops[new & (hops < 0)] = layer + 1
-        reach = new
-    hops[np.arange(A), np.arange(A)] = 1 if L else -1                                 # i != j in one atom: one layer
-    return atom, hops
 
 
 def read_through(att, r_glob, r_tok):

@@ -368,3 +368,20 @@ def test_to_bertviz_shapes_and_limit():
     assert dec is None and cross is None and enc[1].shape == (1, H, G + 13, G + 13)
     with pytest.raises(InputError, match="plot_attention"):
         viz.to_bertviz(out, cfg, ["t"] * 600)
+
+
+@pytest.mark.parametrize("stagger,use_global,T,pixels", [(True, True, 40, 7), (True, False, 300, 50),
+                                                         (False, False, 97, 10), (True, False, 13, 100)])
+def test_influence_tiles_pool_the_dense_hops_without_building_them(stagger, use_global, T, pixels):
+    """The tiles plot_influence draws, made from the atoms, equal the min-pooling of the full [T, T] hops."""
+    from minipegx.viz.patterns import influence_tiles
+
+    cfg = PegasusXConfig(**TINY).replace(stagger_local_blocks=stagger)
+    hops = viz.influence_hops(cfg, T, use_global)
+    top = max(int(hops.max()), 1)
+    s = -(-T // pixels)
+    m = -(-T // s)
+    dense = np.pad(np.where(hops < 0, top + 1, hops), ((0, m * s - T),) * 2, constant_values=top + 1)
+    tiles, s_got, top_got = influence_tiles(cfg, T, use_global, max_pixels=pixels)
+    assert (s_got, top_got) == (s, top)
+    np.testing.assert_array_equal(tiles, dense.reshape(m, s, m, s).min(axis=(1, 3)))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..cost import encoder_cost
 from ..errors import BackendError, InputError
-from .patterns import CATEGORIES, check_length, influence_hops, pattern_tiles
+from .patterns import CATEGORIES, check_length, influence_tiles, pattern_tiles
 from .probs import attention_tiles, cross_attention_map
 
 # A colour per pattern category (patterns.CATEGORIES, same order; white: attention impossible).
@@ -157,13 +157,9 @@ def plot_cross_attention(cross_attentions, source_tokens, summary_tokens, layer=
 def plot_influence(config, length, use_global=True, stagger=None, num_layers=None, max_pixels=1000, ax=None):
     """Draw influence_hops: for each (token i, token j), after how many layers j can influence i.
     Long inputs are pooled by the minimum over each tile (the fastest route in it)."""
-    from .patterns import influence_tiles
-
     mpl = _mpl()
-    hops = influence_hops(config, length, use_global, stagger, num_layers)
     layers = config.encoder_layers if num_layers is None else int(num_layers)
-    top = max(int(hops.max()), 1)                                 # colours span the hop counts present
-    h, s = influence_tiles(hops, max_pixels)
+    h, s, top = influence_tiles(config, length, use_global, stagger, num_layers, max_pixels)  # colours: counts present
     colours = mpl.colormaps["viridis"](np.linspace(0, 1, top + 1))
     cmap = mpl.colors.ListedColormap(list(colours) + [(0.85, 0.85, 0.85, 1.0)])  # grey: never
     fig, ax = _figure((6.4, 5.6), ax)
@@ -176,7 +172,7 @@ def plot_influence(config, length, use_global=True, stagger=None, num_layers=Non
     ax.set_ylabel("influenced token i")
     st = config.stagger_local_blocks if stagger is None else bool(stagger)
     ax.set_title(f"{'with' if use_global else 'without'} global tokens, {'staggered' if st else 'unstaggered'} "
-                 f"blocks\nK={config.block_size}, {layers} layers, T={hops.shape[0]}"
+                 f"blocks\nK={config.block_size}, {layers} layers, T={check_length(length)}"
                  + (f", {s}x{s} per pixel" if s > 1 else ""), fontsize=10)
     return fig
 

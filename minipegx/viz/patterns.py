@@ -155,41 +155,70 @@ def pattern_tiles(config, length, layer=None, attention_mask=None, region=None, 
 
 
 # ============================================================================== information flow
-def influence_hops(config, length, use_global=True, stagger=None, num_layers=None):
-    """After how many encoder layers can token j influence token i -> int [T, T], [i, j] = that number.
+def influence_atoms(config, length, use_global=True, num_layers=None):
+    """After how many encoder layers one token can influence another, without a T x T matrix.
 
-    0 on the diagonal, -1 where j never reaches i within num_layers (default: the model's layers).
-    Reachability through each layer's pattern, with the layer's inputs on both sides: in layer l a
+    Tokens that share their block in every layer (the "atoms": half blocks when blocks are staggered,
+    about 2T/K of them) have the same influences, so reachability runs between atoms. In layer l a
     token reads its block's tokens and the global tokens as they were *before* layer l, and a global
-    token reads every token as it was before layer l. So token -> global -> token takes two layers,
-    and with global tokens every pair is within 2 layers. use_global=False drops the global tokens;
-    stagger True/False overrides config.stagger_local_blocks. Memory is about 6 T^2 bytes."""
+    token reads every token as it was before layer l: token -> global -> token takes two layers, and
+    with global tokens every pair is within 2 layers. use_global=False drops the global tokens.
+    -> (atom [T] int, hops [A, A] int32): for tokens i != j, j can influence i after hops[atom[i],
+    atom[j]] layers (-1: never within num_layers, default the model's layers). Memory A^2: 64^2 at 16k
+    tokens with K=512."""
     T = check_length(length)
-    cfg = config if stagger is None else config.replace(stagger_local_blocks=bool(stagger))
-    layers = cfg.encoder_layers if num_layers is None else int(num_layers)
+    layers = config.encoder_layers if num_layers is None else int(num_layers)
     pos = np.arange(T)
-    reach = np.eye(T, dtype=bool)                                 # [i, j]: token i's state depends on token j
-    globals_ = np.zeros(T, dtype=bool)                            # [j]: the global tokens' states depend on j
+    blocks = [block_of(pos, config.block_size, config.is_staggered(layer)) for layer in range(layers)]  # [layers][T]
+    cut = np.zeros(T, bool)
+    cut[0] = True
+    for b in blocks:
+        cut[1:] |= b[1:] != b[:-1]                                # an atom ends wherever any layer's block does
+    atom = np.cumsum(cut) - 1                                     # [T]
+    first = np.flatnonzero(cut)                                   # [A] first token of each atom
+    A = len(first)
+    reach = np.eye(A, dtype=bool)                                 # [a, b]: atom a's state depends on atom b
     hops = np.where(reach, 0, -1).astype(np.int32)
+    globals_ = np.zeros(A, dtype=bool)                            # [b]: the global tokens' states depend on b
     for layer in range(layers):
-        block = block_of(pos, cfg.block_size, cfg.is_staggered(layer))  # [T] block of each token in this layer
+        block = blocks[layer][first]                              # [A] block of each atom in this layer
         starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
-        new = np.logical_or.reduceat(reach, starts, axis=0)[block - block[0]]  # OR over each token's block
+        new = np.logical_or.reduceat(reach, starts, axis=0)[block - block[0]]  # OR over each atom's block
         if use_global:
             new |= globals_[None, :]                              # tokens read the globals' previous state
             globals_ = globals_ | reach.any(axis=0)               # globals read every token's previous state
         hops[new & (hops < 0)] = layer + 1
         reach = new
-    return hops
+    hops[np.arange(A), np.arange(A)] = 1 if layers else -1        # i != j in one atom: one layer
+    return atom, hops
 
 
-def influence_tiles(hops, max_pixels=1000):
-    """influence_hops pooled by the minimum over each tile (the fastest route in it); never (-1) becomes
-    one past the largest count -> (tiles [m, m], s cells per tile side)."""
-    T = hops.shape[0]
+def influence_hops(config, length, use_global=True, stagger=None, num_layers=None):
+    """After how many encoder layers can token j influence token i -> int [T, T], [i, j] = that number:
+    influence_atoms expanded to every pair, 0 on the diagonal, -1 where j never reaches i within
+    num_layers. stagger True/False overrides config.stagger_local_blocks. Memory 4 T^2 bytes (1 GB at
+    16k tokens): for long inputs use influence_atoms, or influence_tiles, which pools from the atoms."""
+    cfg = config if stagger is None else config.replace(stagger_local_blocks=bool(stagger))
+    atom, hops = influence_atoms(cfg, length, use_global, num_layers)
+    dense = hops[atom[:, None], atom[None, :]]                    # [T, T]
+    np.fill_diagonal(dense, 0)
+    return dense
+
+
+def influence_tiles(config, length, use_global=True, stagger=None, num_layers=None, max_pixels=1000):
+    """influence_hops pooled by the minimum over each tile (the fastest route in it), computed from the
+    atoms without the T x T matrix; never (-1) becomes one past the largest count.
+    -> (tiles [m, m] int, s cells per tile side, the largest count)."""
+    cfg = config if stagger is None else config.replace(stagger_local_blocks=bool(stagger))
+    atom, hops = influence_atoms(cfg, length, use_global, num_layers)
+    T = len(atom)
     top = max(int(hops.max()), 1)
+    h = np.where(hops < 0, top + 1, hops)                         # never -> one past the largest
     s = tile_side(T, max_pixels)
     m = -(-T // s)
-    h = np.where(hops < 0, top + 1, hops)                         # never -> one past the largest
-    h = np.pad(h, ((0, m * s - T),) * 2, constant_values=top + 1)
-    return h.reshape(m, s, m, s).min(axis=(1, 3)), s              # [m, s, m, s] -> [m, m]
+    lo = atom[np.arange(m) * s]                                   # [m] first atom of each tile (atoms are sorted)
+    hi = atom[np.minimum(np.arange(1, m + 1) * s, T) - 1] + 1     # [m] one past its last atom
+    rows = np.stack([h[a:b].min(axis=0) for a, b in zip(lo, hi)])          # [m, A]
+    tiles = np.stack([rows[:, a:b].min(axis=1) for a, b in zip(lo, hi)], axis=1)  # [m, m]
+    tiles[np.arange(m), np.arange(m)] = 0                         # a tile on the diagonal holds some i == j
+    return tiles, s, top
