@@ -23,10 +23,11 @@ import numpy as np
 
 from .backend import to_numpy
 from .errors import BackendError, InputError
+from .tolerances import LONG_INPUTS
 
 # A place diverges when |minipegx - transformers| > ATOL + RTOL * max|transformers|: fp32 summation
 # order alone gives ~1e-7 relative per op, so 1e-5 relative plus 1e-4 absolute flags real bugs only.
-ATOL, RTOL = 1e-4, 1e-5
+ATOL, RTOL = LONG_INPUTS.atol, LONG_INPUTS.rtol
 
 
 @dataclass
