@@ -215,6 +215,38 @@ for use_global in (False, True):
 viz.plot_influence(cfg, T, use_global=False)
 
 # %% [markdown]
+# ## 6. One token at the real scale: what it attends, what it can reach
+#
+# The pictures above are at T = 256 or pooled. `minipegx.explore` computes per-token views straight from the
+# blocked probabilities, never a T × T matrix (`minipegx.views` holds the arrays), so they run at 16k tokens.
+# Here the example document six times over: `explore.document` encodes it once, and
+# `explore.figure(doc, token, layer)` draws, for one token, (1) its receptive field layer by layer from the
+# structure alone (dark: through local blocks; light: only through a global token), (2) the same weighted by
+# the model's probabilities (attention rollout), (3) its attention in every layer, (4) what each global token
+# reads (key sentences shaded), (5) block-local against full attention with the same weights.
+# `explore.widget(doc)` adds a slider to pick the token; `minipegx explore FILE --out page.html` writes the
+# same views as one self-contained page (docs/explore.md).
+
+# %%
+from minipegx import explore, views
+
+long_text = "\n\n".join([minipegx.example_document()] * 6)
+doc = explore.document(long_text, model)
+T_long = len(doc.tokens)
+query = doc.spans[0][0] + 5                                   # a token inside the first key sentence
+print(f"{T_long} tokens in {-(-T_long // K)} blocks, {len(doc.spans)} key sentences; "
+      f"token {query} is {doc.tokens[query]!r}")
+reach = views.reach_structure(cfg, T_long, query)             # int8 [layers+1, T]: 2 local, 1 via a global
+for layer, row in enumerate(reach):
+    print(f"after {layer} layers: {np.count_nonzero(row == 2):5} tokens through local blocks, "
+          f"{np.count_nonzero(row >= 1):5} in all")
+assert T_long > 14_000 and (reach[2:] >= 1).all()             # globals: every token after 2 layers
+assert np.count_nonzero(reach[1] == 2) == K                   # one layer: the token's own block
+
+# %%
+explore.figure(doc, query, layer=1)
+
+# %% [markdown]
 # bertviz users: `viz.to_bertviz(out, cfg, tokens)` turns a short input's attentions into the
 # `[1, H, G+T, G+T]` per-layer arrays `model_view` expects (globals first, labels from
 # `viz.encoder_token_labels`). bertviz itself is not a dependency of minipegx.
