@@ -207,11 +207,10 @@ def _run_model(model, ids, mask, dec, beams):
     """What the in-place check compares: a forward's logits and a cached step's, or beam search's ids."""
     if beams:
         return {"beam search ids": np.asarray(model.generate(ids, mask, num_beams=3, max_new_tokens=6))}
-    full = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
-    first = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec[:, :3], use_cache=True)
+    first = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec[:, :3], use_cache=True)  # [B, 3, V]
     step = model(encoder_outputs=(first.encoder_last_hidden_state,), attention_mask=mask,
-                 decoder_input_ids=dec[:, 3:], past_key_values=first.past_key_values, use_cache=True)
-    return {"logits": full.logits, "logits of a cached decoding step": step.logits}
+                 decoder_input_ids=dec[:, 3:], past_key_values=first.past_key_values, use_cache=True)  # [B, 1, V]
+    return {"logits": first.logits, "logits of a cached decoding step": step.logits}
 
 
 @lru_cache(maxsize=2)
@@ -256,7 +255,7 @@ def _transformers_logits(beams):
             return {"beam search ids": ref.generate(input_ids=t(ids), attention_mask=t(mask), num_beams=3,
                                                     max_new_tokens=6).numpy()}
         full = ref(input_ids=t(ids), attention_mask=t(mask), decoder_input_ids=t(dec)).logits.numpy()
-    return {"logits": full, "logits of a cached decoding step": full[:, 3:]}
+    return {"logits": full[:, :3], "logits of a cached decoding step": full[:, 3:]}
 
 
 @lru_cache(maxsize=1)
@@ -279,7 +278,8 @@ def check_function(name, fn, with_transformers=None) -> CheckResult:
     if name not in MODULES:
         raise InputError(f"check_function knows {', '.join(NAMES)}; got {name!r}")
     if not callable(fn):
-        return CheckResult(name, False, f"{name}: expected a function, got {type(fn).__name__}")
+        return CheckResult(name, False, f"{name}: FAILED: expected a function, got {type(fn).__name__} (is there a "
+                                        f"function named {name}, and was its cell run?)")
     try:
         n = _standalone(name, fn)
         got = _in_place(name, fn)
