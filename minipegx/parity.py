@@ -8,7 +8,8 @@ minipegx records its intermediates in a `trace` dict keyed by the Hugging Face m
 reference's are captured with forward hooks on the same modules. A course swaps in a student's layer
 with `patch={"minipegx.encoder.global_local_attention": student_fn}` and reads where it diverges.
 
-This is reference tooling: it imports torch and transformers (the `test` extra), the model never does.
+This is reference tooling: compare imports torch and transformers (the `test` extra), the model never does;
+check_function (the course kit, minipegx.course) grades a student's function without them.
 Command line: `python -m minipegx.parity CHECKPOINT --text "..." [--steps 3]` (or `minipegx parity`).
 """
 

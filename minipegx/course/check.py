@@ -240,7 +240,8 @@ def _in_place(name, fn):
         try:
             got = _run_model(model, ids, mask, dec, beams)
         except Exception as e:
-            raise _Failed(f"in place: it raised {type(e).__name__} inside the model: {e}\nat {_their_line(e)}") from None
+            raise _Failed(f"in place: it raised {type(e).__name__} inside the model: {e}\n"
+                          f"at {_their_line(e)}") from None
     _logits_check(name, got, _expected(beams), "compared with minipegx's own functions")
     return got
 
@@ -287,7 +288,8 @@ def check_function(name, fn, with_transformers=None) -> CheckResult:
         n = _standalone(name, fn)
         got = _in_place(name, fn)
         done = [f"on its own: {n} case(s) within {TINY_FP32.name} ({TINY_FP32.atol:g})",
-                f"in place: the demo model's {' and '.join(got)} equal minipegx's within {LOGITS.name} ({LOGITS.atol:g})"]
+                f"in place: the demo model's {' and '.join(got)} equal minipegx's within {LOGITS.name} "
+                f"({LOGITS.atol:g})"]
         if with_transformers is None and has_transformers() or with_transformers:
             _logits_check(name, got, _transformers_logits(name == "beam_step"), "compared with transformers")
             done.append("and with transformers'")

@@ -31,14 +31,13 @@
 # V vocabulary; R rows (beams) per input; W beams.
 
 # %%
-import math
+import math  # noqa: F401  (math, np, E, Gen, L: for your code)
 
 import numpy as np
 
-from minipegx import decoder as Dec
-from minipegx import encoder as E
-from minipegx import generate as Gen
-from minipegx import layers as L
+from minipegx import encoder as E  # noqa: F401
+from minipegx import generate as Gen  # noqa: F401
+from minipegx import layers as L  # noqa: F401
 from minipegx.parity import check_function
 
 # %% [markdown]
@@ -225,23 +224,19 @@ check_function("cross_attention", cross_attention)
 #    beam `i // V`, token `i % V`;
 # 2. the **W best that do not end in EOS** become the new beams (EOS continuations get -1e9 added,
 #    `Gen.flag(hits)`); the ones that end in EOS may enter the finished hypotheses — that bookkeeping is
-#    written for you below.
+#    written for you (`finish_step`, below).
 # `state.running [B, W, L]` are the beams' tokens, `state.running_scores [B, W]` their scores,
 # `Gen.gather(x, idx)` picks `x[b, idx[b, i]]`.
 
 # %%
-def beam_step(state, log_probs, opts, rng=None):
-    """One step of transformers' beam search on the processed log-probs [B*W, V] of the alive beams.
-    Returns the new state and (tokens, parents, scores, kept, finished) of the 2W candidates [B, 2W]."""
+def finish_step(state, opts, cand, cand_parents, cand_scores, tokens, parents, hits, nxt,
+                running, running_scores, running_parents):
+    """Given: the bookkeeping after your part. The candidates that stop here among the top W enter the
+    finished hypotheses if they beat the worst one, scored sum / generated_length ** length_penalty; then
+    the early-stopping test. Returns what beam_step returns."""
     xp = np
     B, K, L_ = state.running.shape                                               # K = W beams here
-    V = log_probs.shape[-1]
-    n_eos = 0 if opts.eos_token_ids is None else len(opts.eos_token_ids)
-    C = max(2, 1 + n_eos) * K                                                    # 2W candidates
-    # YOUR CODE HERE
-    raise NotImplementedError
-    # Given: the candidates that stop here among the top W enter the finished hypotheses if they beat the
-    # worst one, scored sum / generated_length ** length_penalty; then the early-stopping bookkeeping.
+    C = cand.shape[1]
     just = hits & (xp.arange(C) < K)[None]                                       # [B, C]
     fin_scores = cand_scores / xp.float32(L_ ** opts.length_penalty)
     fin_scores = fin_scores + Gen.flag(state.pool_done.all(axis=-1, keepdims=True) & (opts.early_stopping is True))
@@ -263,6 +258,18 @@ def beam_step(state, log_probs, opts, rng=None):
     entered = xp.zeros((B, K + C), dtype=bool)
     entered[xp.arange(B)[:, None], keep] = True
     return new, (tokens, parents, cand_scores, kept & ~hits, entered[:, K:K + C] & just)
+
+
+def beam_step(state, log_probs, opts, rng=None):
+    """One step of transformers' beam search on the processed log-probs [B*W, V] of the alive beams.
+    state.running [B, W, L] the beams' tokens, state.running_scores [B, W] their scores,
+    state.running_parents [B, W, L-1] the row each token came from. Compute, for C = 2W candidates [B, C]:
+    cand_scores, tokens, parents (beam 0..W-1), cand [B, C, L+1] (the parent's tokens + the token),
+    cand_parents [B, C, L] (the parent's running_parents + its flat row b*W + parent), hits (the token is an
+    EOS id or the length reaches opts.max_length), nxt [B, W] (the W best candidates that are not hits) and
+    running, running_scores, running_parents (those candidates); then return finish_step(...)."""
+    # YOUR CODE HERE
+    raise NotImplementedError
 
 
 # %% tags=["otter_ignore"]
