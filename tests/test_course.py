@@ -15,7 +15,7 @@ import minipegx
 from minipegx import decoder, encoder, generate, layers, parity
 from minipegx.course import NAMES, check_function
 from minipegx.course.cases import REFERENCE
-from minipegx.course.grade import RUBRIC, SOLUTIONS, STUDENT, grade, strip_solutions
+from minipegx.course.grade import RUBRIC, SOLUTIONS, STUDENT, grade, strip_solutions, student_notebook
 
 EXERCISES = Path(__file__).resolve().parents[1] / "notebooks" / "exercises"
 GOLDENS = Path(__file__).parent / "goldens"
@@ -210,22 +210,27 @@ def test_an_unknown_name_is_the_callers_error():
 
 
 # ------------------------------------------------------------------------------------- notebooks, grader
-def test_the_student_notebook_is_the_solutions_with_the_solutions_removed():
-    solutions = (EXERCISES / SOLUTIONS).read_text(encoding="utf-8")
-    student = (EXERCISES / STUDENT).read_text(encoding="utf-8")
-    assert student == strip_solutions(solutions), "run: python -m minipegx.course build notebooks/exercises"
-    assert "### BEGIN SOLUTION" not in student and student.count("# YOUR CODE HERE\n") == len(RUBRIC)
+def test_the_student_version_replaces_each_solution_block_by_a_scaffold():
+    student = strip_solutions((EXERCISES / SOLUTIONS).read_text(encoding="utf-8"))
+    assert "### BEGIN SOLUTION" not in student and "### END SOLUTION" not in student
+    assert student.count("    # YOUR CODE HERE\n    raise NotImplementedError\n") == len(RUBRIC)
 
 
-@pytest.mark.parametrize("stem", [Path(SOLUTIONS).stem, Path(STUDENT).stem])
-def test_each_exercise_ipynb_has_the_cells_of_its_py_and_no_outputs(stem):
+def cells(notebook):
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in notebook.cells]
+
+
+@pytest.mark.parametrize("ipynb", [Path(SOLUTIONS).with_suffix(".ipynb").name, STUDENT])
+def test_each_exercise_ipynb_is_built_from_the_solutions_source_without_outputs(ipynb):
     jupytext = pytest.importorskip("jupytext")
     import nbformat
 
-    source = jupytext.read(EXERCISES / f"{stem}.py")
-    nb = nbformat.read(EXERCISES / f"{stem}.ipynb", as_version=4)
-    assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in source.cells]
+    source = (EXERCISES / SOLUTIONS).read_text(encoding="utf-8")
+    want = student_notebook(source) if ipynb == STUDENT else jupytext.reads(source, fmt="py:percent")
+    nb = nbformat.read(EXERCISES / ipynb, as_version=4)
+    assert cells(nb) == cells(want), "run: python -m minipegx.course build notebooks/exercises"
     assert not any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code")
+    assert sum("otter_ignore" in tags for _, _, tags in cells(nb)) == len(RUBRIC)   # the check cells
 
 
 def test_each_exercise_heading_states_its_rubric_points():

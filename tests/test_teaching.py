@@ -158,3 +158,12 @@ def test_05_crossover_and_the_size_of_attention(demo):
     stated(f"{H * 16384 ** 2 * 4 / 2**30:.0f} GiB for this model (H = {H})",
            f"{viz.encoder_cost(cfg, 16384)['score_bytes'] / 2**20:.1f} MiB for the demo model's largest",
            f"K + G = {cfg.block_size + cfg.num_global_tokens} keys")
+
+
+def test_the_example_message_is_what_check_function_says():
+    from test_course import unbiased_layer_norm
+
+    from minipegx.course import check_function
+
+    message = check_function("layer_norm", unbiased_layer_norm, with_transformers=False).message
+    stated("\n".join("       " + line for line in message.splitlines()))

@@ -1,11 +1,11 @@
 """The exercise notebooks and their autograder: student notebooks made from the solutions, and otter-grader
 wired to check_function, grading a folder of submissions into one CSV.
 
-    python -m minipegx.course build notebooks/exercises        # SOLUTIONS.py -> student .py, both .ipynb
+    python -m minipegx.course build notebooks/exercises        # SOLUTIONS.py -> both .ipynb
     python -m minipegx.course grade SUBMISSIONS_DIR --out grades.csv
 
-One source: `pegasus_x_exercises_SOLUTIONS.py` (a jupytext percent-format notebook). The student version
-is that file with every `### BEGIN SOLUTION` ... `### END SOLUTION` block replaced by
+One source: `pegasus_x_exercises_SOLUTIONS.py` (a jupytext percent-format notebook, paired with its .ipynb).
+The student notebook, `pegasus_x_exercises_student.ipynb`, is that source with every `### BEGIN SOLUTION` ... `### END SOLUTION` block replaced by
 `raise NotImplementedError` (nbgrader's and otter's marker convention), so the two cannot diverge.
 
 Grading uses otter-grader (https://otter-grader.readthedocs.io), non-containerized: `otter grade` needs
@@ -27,7 +27,7 @@ from pathlib import Path
 from ..errors import InputError
 
 SOLUTIONS = "pegasus_x_exercises_SOLUTIONS.py"
-STUDENT = "pegasus_x_exercises_student.py"
+STUDENT = "pegasus_x_exercises_student.ipynb"
 # Points per exercise function: the exercises' headings state them too (a test keeps the two equal).
 RUBRIC = {
     "layer_norm": 2, "ffn": 2,                                    # 1 · layer norm and the FFN
@@ -47,20 +47,23 @@ def strip_solutions(source: str) -> str:
     return _BLOCK.sub(lambda m: f"{m[1]}# YOUR CODE HERE\n{m[1]}raise NotImplementedError\n", source)
 
 
+def student_notebook(solutions_source: str):
+    """The student notebook (a jupytext notebook object) made from the SOLUTIONS source text."""
+    import jupytext
+
+    return jupytext.reads(strip_solutions(solutions_source), fmt="py:percent")
+
+
 def build(folder) -> list:
-    """Write the student .py and the .ipynb of both (no outputs) from the SOLUTIONS source in `folder`."""
+    """Write the SOLUTIONS .ipynb (the pair of its .py) and the student .ipynb, both without outputs, from
+    the SOLUTIONS source in `folder`. The student version has no .py of its own: its source is SOLUTIONS.py."""
     import jupytext
 
     folder = Path(folder)
     solutions = folder / SOLUTIONS
-    student = folder / STUDENT
-    student.write_text(strip_solutions(solutions.read_text(encoding="utf-8")), encoding="utf-8")
-    written = [student]
-    for source in (solutions, student):
-        notebook = jupytext.read(source)
-        jupytext.write(notebook, source.with_suffix(".ipynb"), fmt="ipynb")
-        written.append(source.with_suffix(".ipynb"))
-    return written
+    jupytext.write(jupytext.read(solutions), solutions.with_suffix(".ipynb"), fmt="ipynb")
+    jupytext.write(student_notebook(solutions.read_text(encoding="utf-8")), folder / STUDENT, fmt="ipynb")
+    return [solutions.with_suffix(".ipynb"), folder / STUDENT]
 
 
 def _test_file(name, points):
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m minipegx.course", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="write the student notebook and both .ipynb from the SOLUTIONS source")
+    b = sub.add_parser("build", help="write the solutions' and the student's .ipynb from the SOLUTIONS source")
     b.add_argument("folder", nargs="?", default="notebooks/exercises")
     g = sub.add_parser("grade", help="grade a folder of submitted notebooks into a CSV")
     g.add_argument("submissions", help="a folder of .ipynb files (searched recursively)")

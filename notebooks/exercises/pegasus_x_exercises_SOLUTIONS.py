@@ -371,11 +371,3 @@ check_function("beam_step", beam_step)
 # `total.reshape(B, W * V)` then `Gen.top_k(total, 2 * W)`; `parents, tokens = idx // V, idx % V`. The new
 # beams are the candidates' sequences `Gen.gather(state.running, parents)` with the token appended.
 # </details>
-#
-# ## Your score
-# The autograder runs the same checks (without transformers). Here are all of them at once:
-
-# %% tags=["otter_ignore"]
-for name in ("layer_norm", "ffn", "sinusoidal_positions", "global_local_attention", "stagger", "encoder_layer",
-             "self_attention", "cross_kv", "cross_attention", "beam_step"):
-    print(check_function(name, globals()[name], with_transformers=False).message.splitlines()[0])
