@@ -97,13 +97,15 @@ def load_reference(checkpoint):
 
 @contextlib.contextmanager
 def patched(patch):
-    """Temporarily replace functions, e.g. {"minipegx.layers.layer_norm": my_fn}, wherever minipegx calls them.
+    """Temporarily replace functions, e.g. {"minipegx.layers.layer_norm": my_fn}, and put them back on exit.
 
-    encoder.py and decoder.py import the layer functions by name (`from .layers import layer_norm`), so
-    setting minipegx.layers.layer_norm alone would change nothing: the function object is replaced in
-    every loaded minipegx module that binds it (under any name), and put back on exit. A replaced
-    layer_norm, linear, softmax or activation replaces the precision seam around it too
-    (precision.float32_inside): at float32 the seam is the plain formula, so the model computes the same."""
+    Named by its home module (where it is defined: minipegx.layers.layer_norm), a function is replaced
+    wherever minipegx calls it: encoder.py and decoder.py import the layer functions by name
+    (`from .layers import layer_norm`), so the function object is swapped in every loaded minipegx module
+    that binds it. Named by another module ({"minipegx.decoder.sinusoidal_positions": fn}), only that
+    module's use is replaced (here the decoder's positions, not the encoder's). A replaced layer_norm,
+    linear, softmax or activation replaces the precision seam around it too (precision.float32_inside):
+    at float32 the seam is the plain formula, so the model computes the same."""
     saved = []
     try:
         for dotted, fn in (patch or {}).items():
@@ -115,7 +117,8 @@ def patched(patch):
             if not hasattr(module, attr):
                 raise InputError(f"cannot patch {dotted}: {module_name} has no {attr}")
             original = getattr(module, attr)
-            for holder, name in _bindings(original) or [(module, attr)]:
+            home = getattr(original, "__module__", None) == module_name
+            for holder, name in (_bindings(original) if home else []) or [(module, attr)]:
                 saved.append((holder, name, original))
                 setattr(holder, name, fn)
         yield

@@ -64,6 +64,22 @@ def test_a_replaced_function_changes_the_model_and_is_restored(tiny, module, nam
     assert np.array_equal(logits(model, golden), before)
 
 
+def test_a_function_named_by_an_importing_module_is_replaced_there_only(tiny):
+    """{"minipegx.decoder.sinusoidal_positions": fn} changes the decoder's positions, not the encoder's,
+    and fn may call minipegx.layers.sinusoidal_positions, which stays the original."""
+    model, golden = tiny
+    before = model(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"], labels=golden["labels"])
+
+    def shifted(start, length, dim, xp, dtype="float32"):
+        return layers.sinusoidal_positions(start + 1, length, dim, xp, dtype)
+
+    with parity.patched({"minipegx.decoder.sinusoidal_positions": shifted}):
+        after = model(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"], labels=golden["labels"])
+        assert encoder.sinusoidal_positions is layers.sinusoidal_positions is not shifted
+    assert np.array_equal(after.encoder_last_hidden_state, before.encoder_last_hidden_state)
+    assert np.abs(after.logits - before.logits).max() > 1e-3
+
+
 def test_a_replaced_precision_seam_runs_the_students_function(tiny):
     """layer_norm is wrapped by precision.float32_inside; the student's plain function is what runs."""
     model, golden = tiny
