@@ -5,8 +5,9 @@ wired to check_function, grading a folder of submissions into one CSV.
     python -m minipegx.course grade SUBMISSIONS_DIR --out grades.csv
 
 One source: `pegasus_x_exercises_SOLUTIONS.py` (a jupytext percent-format notebook, paired with its .ipynb).
-The student notebook, `pegasus_x_exercises_student.ipynb`, is that source with every `### BEGIN SOLUTION` ... `### END SOLUTION` block replaced by
-`raise NotImplementedError` (nbgrader's and otter's marker convention), so the two cannot diverge.
+The student notebook, `pegasus_x_exercises_student.ipynb`, is that source with every `### BEGIN SOLUTION`
+... `### END SOLUTION` block (nbgrader's markers) replaced by `raise NotImplementedError`, so the two
+cannot diverge.
 
 Grading uses otter-grader (https://otter-grader.readthedocs.io), non-containerized: `otter grade` needs
 Docker, so each submission goes through `otter.api.grade_submission`, which executes the notebook on a
