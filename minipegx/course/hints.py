@@ -131,8 +131,14 @@ def where_hint(index, axes, bad, got, want):
     ratio = got64[bad] / np.where(want64[bad] == 0, np.nan, want64[bad])
     if ratio.size and np.isfinite(ratio).all() and np.ptp(ratio) < 1e-3 * abs(ratio.mean()):
         return f"your output is the expected one times {ratio.mean():.4g}: a missing or extra scale factor?"
-    if "b" in axes and got64.shape[0] == 2:
-        rows = set(np.nonzero(bad)[0].tolist())
-        if rows == {1}:
-            return "only batch row 1, the padded row, differs: is the mask applied per row, to the keys?"
+    rows = set(np.nonzero(bad)[0].tolist()) if axes[:1] == "b" else set()
+    if got64.shape[0] == 2 and rows == {1}:
+        return ("only batch row 1, the padded row, differs: is the mask applied per row, to the keys, and does "
+                "each row use its own keys?")
+    if got64.shape[0] == 4 and rows and rows <= {2, 3}:
+        return "only rows 2-3 (input 1's beams) differ: does each row attend its own input's keys and mask?"
+    if "t" in axes and got64.shape[axes.index("t")] == 12:                    # 3 blocks of K=4
+        tokens = np.nonzero(bad)[axes.index("t")]
+        if tokens.min() >= 8:
+            return "only the last block (tokens 8-11, the partial one) differs: is it attended like the others?"
     return None
