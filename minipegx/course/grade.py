@@ -62,9 +62,13 @@ def build(folder) -> list:
 
     folder = Path(folder)
     solutions = folder / SOLUTIONS
-    jupytext.write(jupytext.read(solutions), solutions.with_suffix(".ipynb"), fmt="ipynb")
-    jupytext.write(student_notebook(solutions.read_text(encoding="utf-8")), folder / STUDENT, fmt="ipynb")
-    return [solutions.with_suffix(".ipynb"), folder / STUDENT]
+    written = {solutions.with_suffix(".ipynb"): jupytext.read(solutions),
+               folder / STUDENT: student_notebook(solutions.read_text(encoding="utf-8"))}
+    for path, notebook in written.items():
+        for i, cell in enumerate(notebook.cells):  # ids by position: a rebuild changes only what changed
+            cell.id = f"cell-{i:02d}"
+        jupytext.write(notebook, path, fmt="ipynb")
+    return list(written)
 
 
 def _test_file(name, points):
