@@ -103,6 +103,15 @@ def test_minipegx_own_function_passes(name):
     assert result.message.startswith(f"{name}: passed")
 
 
+def test_without_torch_the_check_needs_no_reference(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)          # as on a student's machine: import torch fails
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    result = check_function("stagger", REFERENCE["stagger"])
+    assert result.passed and "transformers" not in result.message, result.message
+
+
 def test_the_transformers_check_runs_when_asked():
     pytest.importorskip("transformers")
     result = check_function("layer_norm", REFERENCE["layer_norm"], with_transformers=True)
@@ -298,3 +307,21 @@ def test_a_planted_bug_loses_exactly_its_exercise_points(graded, submission, nam
     assert all(int(row[other]) == points for other, points in RUBRIC.items() if other != name)
     assert int(row["total"]) == sum(RUBRIC.values()) - RUBRIC[name]
     assert row["feedback"].startswith(f"{name}: FAILED on its own") and cause in row["feedback"]
+
+
+def test_the_build_command_rewrites_the_committed_notebooks_byte_for_byte(tmp_path, capsys):
+    pytest.importorskip("jupytext")
+    from minipegx.course.grade import main
+
+    (tmp_path / SOLUTIONS).write_bytes((EXERCISES / SOLUTIONS).read_bytes())
+    assert main(["build", str(tmp_path)]) == 0
+    for ipynb in (Path(SOLUTIONS).with_suffix(".ipynb").name, STUDENT):
+        assert (tmp_path / ipynb).read_bytes() == (EXERCISES / ipynb).read_bytes()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_grading_a_folder_without_notebooks_says_so(tmp_path):
+    from minipegx.course.grade import main
+
+    with pytest.raises(minipegx.InputError, match="no .ipynb submissions under"):
+        main(["grade", str(tmp_path), "--out", str(tmp_path / "grades.csv")])

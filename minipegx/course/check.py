@@ -271,7 +271,11 @@ def _reference_model(path):
 
 
 def has_transformers():
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    """Whether torch and transformers can be imported here (without importing them)."""
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    except (ImportError, ValueError):  # a module set to None in sys.modules, a broken install
+        return False
 
 
 def check_function(name, fn, with_transformers=None) -> CheckResult:
