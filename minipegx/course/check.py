@@ -9,8 +9,9 @@ Three checks, each run only when the one before passed:
    TINY_FP32 (one layer function in fp32: only the summation order may differ);
 2. in place: the student's function replaces minipegx's wherever the model calls it (parity.patched)
    and the bundled demo model runs a batch of 2 (row 1 padded; 150 tokens = 3 blocks of 64, the last
-   partial, 4 in the staggered layer; 16 global tokens): the logits of a forward pass and of one cached
-   decoding step (beam_step: the ids beam search generates) must equal minipegx's own within LOGITS;
+   partial, 4 in the staggered layer; 16 global tokens): the logits of a 3-step forward pass and of a 4th
+   step decoded from its cache (beam_step: the ids 3-beam search generates) must equal minipegx's own
+   within LOGITS;
 3. when transformers is installed (and with_transformers is not False), the same logits against
    transformers' PegasusXForConditionalGeneration on the same checkpoint, within LOGITS.
 The reference is minipegx, which the test suite checks against transformers and the committed goldens,
