@@ -325,3 +325,14 @@ def test_grading_a_folder_without_notebooks_says_so(tmp_path):
 
     with pytest.raises(minipegx.InputError, match="no .ipynb submissions under"):
         main(["grade", str(tmp_path), "--out", str(tmp_path / "grades.csv")])
+
+
+def test_a_beam_step_wrong_only_at_the_models_vocabulary_fails_in_place():
+    def beam_step(state, log_probs, opts, rng=None):      # right for V = 12 (its own case), not for V = 784
+        if log_probs.shape[-1] > 100:
+            log_probs = log_probs[:, ::-1].copy()
+        return REFERENCE["beam_step"](state, log_probs, opts, rng)
+
+    result = check_function("beam_step", beam_step, with_transformers=False)
+    assert result.message.startswith("beam_step: FAILED in place"), result.message
+    assert "beam search ids [2, " in result.message
