@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .. import decoder, encoder, generate, layers
+from ..generation import beam
 from ..config import PegasusXConfig
 
 M, F, H, K, G = 16, 32, 2, 4, 2          # d_model, FFN width, heads, block size, global tokens
@@ -26,7 +27,7 @@ MODULES = {                              # the public function -> the module the
     "layer_norm": layers, "softmax": layers, "ffn": layers, "sinusoidal_positions": layers,
     "stagger": encoder, "global_local_attention": encoder, "encoder_layer": encoder,
     "self_attention": decoder, "cross_kv": decoder, "cross_attention": decoder, "decoder_layer": decoder,
-    "beam_step": generate,
+    "beam_step": beam,
 }
 # The reference functions, held in a dict (parity.patched swaps module attributes, never this table).
 REFERENCE = {name: getattr(module, name) for name, module in MODULES.items()}
