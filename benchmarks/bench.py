@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """minipegx against transformers, side by side, in one run, on one machine, with one thread count.
 
-    python benchmarks/bench.py                      # the full CPU run (pegasus-x-base shape), ~8 min on 2 idle cores
-    python benchmarks/bench.py --quick              # smaller lengths, a few minutes
-    python benchmarks/bench.py --shape toy --quick  # seconds: the smoke test's path
-    python benchmarks/bench.py --backend cupy --device cuda --shape large   # on a GPU (CuPy + torch CUDA)
+    python -m benchmarks.bench                      # the full CPU run (pegasus-x-base shape), ~8 min on 2 idle cores
+    python -m benchmarks.bench --quick              # smaller lengths, a few minutes
+    python -m benchmarks.bench --shape toy --quick  # seconds: the smoke test's path
+    python -m benchmarks.bench --backend cupy --device cuda --shape large   # on a GPU (CuPy + torch CUDA)
 
 What it measures, for both libraries, on the same random weights (normal(0, 0.02), the reference's init std):
   * encoder forward at 1k, 4k and 16k tokens;
@@ -70,47 +70,20 @@ TOY_QUICK = dict(encoder_lengths=[64, 128], beam_lengths=[64], new_tokens=4, bea
 
 # ============================================================================== the random checkpoint
 def write_checkpoint(shape, directory, seed=0):
-    """config.json + model.safetensors with random weights at `shape`, made with NumPy alone (no torch model)."""
-    import numpy as np
-
-    sys.path.insert(0, ROOT)
-    from minipegx.checkpoint import expected_shapes, save_params
-    from minipegx.config import PegasusXConfig
+    """config.json + model.safetensors with random weights at `shape` (benchmarks/random_checkpoint.py)."""
+    from benchmarks.random_checkpoint import write_random_checkpoint
 
     config = {**COMMON, **SHAPES[shape]}
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for name, dims in expected_shapes(PegasusXConfig.from_json_file(directory)).items():
-        if "layer_norm" in name:  # LayerNorm: weight 1, bias 0, as initialized
-            flat[name] = np.ones(dims, np.float32) if name.endswith("weight") else np.zeros(dims, np.float32)
-        elif name.endswith("bias"):
-            flat[name] = np.zeros(dims, np.float32)
-        else:
-            flat[name] = rng.standard_normal(dims, dtype=np.float32) * np.float32(COMMON["init_std"])
-    save_params(flat, directory)
+    write_random_checkpoint(directory, config, seed)
     return config
 
 
 def encoder_flops(config, T):
-    """Multiply-adds x 2 of the encoder's matrix products at T tokens (what both libraries compute).
+    """Matmul FLOPs of the encoder at T tokens (minipegx.cost, the model viz.plot_cost draws too)."""
+    from minipegx.config import PegasusXConfig
+    from minipegx.cost import encoder_cost
 
-    Per layer, on P tokens (T padded to whole blocks; one block more in staggered layers) and G globals:
-    q, k, v, out projections of the G+P rows, the FFN of the G+P rows, the global tokens' attention over
-    G+P keys, and each block's attention over its G+K keys. Softmax, norms and the like are not counted."""
-    M, F, H = config["d_model"], config["encoder_ffn_dim"], config["encoder_attention_heads"]
-    G, K, D = config["num_global_tokens"], config["block_size"], M // H
-    P0 = -(-T // K) * K
-    total = 0
-    for i in range(config["encoder_layers"]):
-        P = P0 + (K if config["stagger_local_blocks"] and i % 2 == 1 else 0)
-        rows = G + P
-        total += 2 * rows * M * M * 4                     # q, k, v, out projections
-        total += 2 * rows * M * F * 2                     # fc1, fc2
-        total += 2 * H * G * (G + P) * D * 2              # global tokens: scores and values
-        total += 2 * H * P * (G + K) * D * 2              # blocks: scores and values
-    return total
+    return encoder_cost(PegasusXConfig.from_dict(config), T)["flops"]
 
 
 # ============================================================================== measurements (worker side)
@@ -145,7 +118,6 @@ class Side:
     def __init__(self, name, ckpt, device, threads):
         self.name, self.device = name, device
         if name == "minipegx":
-            sys.path.insert(0, ROOT)
             import minipegx
 
             self.xp = __import__("cupy") if device == "cuda" else __import__("numpy")
@@ -311,8 +283,8 @@ def run_worker(jobs, threads, timeout):
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         load = os.getloadavg()[0]
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(jobs), "--result-file", out.name]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        cmd = [sys.executable, "-m", "benchmarks.bench", "--worker", json.dumps(jobs), "--result-file", out.name]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"worker {jobs[0]['side']} {[(j['task'], j.get('length')) for j in jobs]} failed:\n"
                                f"{proc.stderr[-3000:]}")

@@ -18,10 +18,10 @@ while it does not exist a random model of the demo's shape; and random weights i
 shape (d_model 768, 12+12 layers, 12 heads, FFN 3072, block 512, 128 global tokens, vocab 96103),
 drawn as transformers initializes them (normal, std 0.02; layer norms 1 and 0).
 
-    python benchmarks/precision.py                      # both models, markdown on stdout
-    python benchmarks/precision.py --model demo --json out.json
-    python benchmarks/precision.py --model base --docs 4 --tokens 256 --new-tokens 16
-    python benchmarks/precision.py --path path/to/pegasus-x-base     # a real checkpoint
+    python -m benchmarks.precision                      # both models, markdown on stdout
+    python -m benchmarks.precision --model demo --json out.json
+    python -m benchmarks.precision --model base --docs 4 --tokens 256 --new-tokens 16
+    python -m benchmarks.precision --path path/to/pegasus-x-base     # a real checkpoint
 """
 
 from __future__ import annotations
@@ -29,20 +29,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import minipegx  # noqa: E402
-from minipegx.checkpoint import expected_shapes, save_params, unflatten_params  # noqa: E402
-from minipegx.config import PegasusXConfig  # noqa: E402
-from minipegx.layers import ACTIVATIONS, layer_norm, linear  # noqa: E402
-from minipegx.quantize import weight_bytes  # noqa: E402
+import minipegx
+from benchmarks.random_checkpoint import write_random_checkpoint
+from minipegx.config import PegasusXConfig
+from minipegx.layers import ACTIVATIONS, layer_norm, linear
+from minipegx.quantize import weight_bytes
 
 MODES = [("float32", None), ("float16", None), ("bfloat16", None), ("float32", "int8"), ("float32", "nf4")]
 FP16_MAX = 65504.0
@@ -51,12 +47,6 @@ BASE = dict(d_model=768, encoder_layers=12, decoder_layers=12, encoder_attention
             block_size=512, stagger_local_blocks=True, activation_function="relu", scale_embedding=True,
             max_position_embeddings=16384, vocab_size=96103, pad_token_id=0, eos_token_id=1,
             decoder_start_token_id=0, init_std=0.02, tie_word_embeddings=True)
-DEMO_SHAPE = dict(d_model=128, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,
-                  decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=512, num_global_tokens=16,
-                  block_size=64, stagger_local_blocks=True, activation_function="relu", scale_embedding=True,
-                  max_position_embeddings=16384, vocab_size=503, pad_token_id=0, eos_token_id=1,
-                  decoder_start_token_id=0, init_std=0.02, tie_word_embeddings=True)
-
 
 def label(dtype, quantize):
     return quantize or dtype
@@ -64,28 +54,13 @@ def label(dtype, quantize):
 
 # ---------------------------------------------------------------------------------------------- models
 def random_checkpoint(directory, shape, seed=0):
-    """config.json + model.safetensors with transformers' initialization: every linear and embedding
-    weight normal(0, init_std), biases 0, layer norms weight 1 bias 0."""
-    config = PegasusXConfig.from_dict({"model_type": "pegasus_x", **shape})
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for name, s in expected_shapes(config).items():
-        if name.endswith("layer_norm.weight"):
-            flat[name] = np.ones(s, np.float32)
-        elif name.endswith(".bias"):
-            flat[name] = np.zeros(s, np.float32)
-        else:
-            flat[name] = (rng.standard_normal(s, dtype=np.float32) * np.float32(config.init_std))
-    save_params(unflatten_params(flat), directory)
-    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"model_type": "pegasus_x", **shape}, f, indent=2)
-    return directory
+    """A random checkpoint of `shape` (benchmarks/random_checkpoint.py) -> its directory."""
+    return write_random_checkpoint(directory, shape, seed)
 
 
 def demo_inputs(path, docs, lo=1000, hi=3000):
     """Held-out demo documents (tools/demo_data.py, tools/eval_demo.py's seed stream, shifted) -> ids, mask."""
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from demo_data import make_dataset
+    from tools.demo_data import make_dataset
 
     tok = minipegx.Tokenizer.from_pretrained(path)
     texts = [doc for doc, _ in make_dataset(987_654_321 + 1, docs, lo, hi)]
@@ -314,13 +289,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         if args.model in ("demo", "both"):
             path = minipegx.demo_model_path()
-            if os.path.isfile(os.path.join(path, "config.json")):
-                title = "Demo model (minipegx/data/demo), held-out documents"
-                ids, mask = demo_inputs(path, args.docs)
-            else:
-                title = "Random model of the demo's shape (the demo checkpoint was not there)"
-                path = random_checkpoint(os.path.join(tmp, "demo_shape"), DEMO_SHAPE, seed=1)
-                ids, mask = random_inputs(DEMO_SHAPE["vocab_size"], args.docs, 2000)
+            title = "Demo model (minipegx/data/demo), held-out documents"
+            ids, mask = demo_inputs(path, args.docs)
             results["demo"] = run(title, path, ids, mask, args)
         if args.model in ("base", "both"):
             shape = {**BASE, "vocab_size": args.vocab}

@@ -22,7 +22,6 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import minipegx  # noqa: E402
 from minipegx import viz  # noqa: E402
 from minipegx.checkpoint import expected_shapes, unflatten_params  # noqa: E402

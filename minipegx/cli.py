@@ -170,11 +170,19 @@ def _main(argv=None):
     p.add_argument("checkpoint")
     p.add_argument("--text", default="PEGASUS-X reads long documents in blocks, with a few global tokens.")
     p.add_argument("--steps", type=non_negative_int, default=2)
+    e = sub.add_parser("explore", help="write one self-contained HTML page to click through a document's attention")
+    e.add_argument("file", metavar="FILE", help="a text file of up to 16,384 tokens; '-' reads standard input")
+    e.add_argument("--out", required=True, help="the HTML file to write")
+    e.add_argument("--model", help="checkpoint directory (default: the bundled demo model)")
+    e.add_argument("--no-summary", action="store_true", help="skip generating a summary and its cross-attention")
     args = ap.parse_args(argv)
     try:
         if args.command == "parity":
             from .parity import main as parity_main
             return parity_main([args.checkpoint, "--text", args.text, "--steps", str(args.steps)])
+        if args.command == "explore":
+            from .explore import run_cli
+            return run_cli(args, read_inputs)
         if args.command == "demo":
             from . import example_document
             from .model import demo_model_path

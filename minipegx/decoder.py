@@ -2,11 +2,15 @@
 (with a key/value cache) and cross-attention over the encoder's tokens (not its global tokens).
 
 Shape legend: B batch (inputs), R rows per input (beams x return sequences; 1 in a plain forward),
-S decoder steps in this call, L cached + new steps, T encoder tokens, H heads, D head dim, M d_model.
-Caches are values: tuples in, tuples out.
+S decoder steps in this call, C keys attended (cached + new steps, or T), T encoder tokens, H heads,
+D head dim, M d_model.
+The dynamic self-attention cache is a value: tuples in, tuples out. The static one (StaticCache) is
+a named, preallocated buffer written in place; see its docstring for why it exists.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from .backend import array_module, finfo
 from .layers import (embed_tokens, ffn, layer_norm, linear, merge_heads, record, sinusoidal_positions,
@@ -18,52 +22,84 @@ def attention(q, k, v, mask):
     """softmax(q k^T * D^-1/2 + mask) v. The decoder scales the scores after the product, as the
     reference's eager_attention_forward does (the encoder pre-scales its queries instead).
 
-    q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L].
+    q [..., S, D], k and v [..., C, D], mask additive, broadcastable to [..., S, C].
     The scores are computed as (k q^T)^T: with the keys as the left operand BLAS streams them once, which
-    is what a decoding step (S = 1, L up to 16k encoder tokens) is made of (~4x faster in OpenBLAS than
+    is what a decoding step (S = 1, C up to 16k encoder tokens) is made of (~4x faster in OpenBLAS than
     q k^T, where the long operand is packed on the right). Made contiguous again for the softmax."""
     xp = array_module(q)
-    s = xp.ascontiguousarray(scores(k, q.swapaxes(-1, -2)).swapaxes(-1, -2))  # [..., L, D] @ [..., D, S] -> [..., S, L]
+    s = xp.ascontiguousarray(scores(k, q.swapaxes(-1, -2)).swapaxes(-1, -2))  # [..., C, D] @ [..., D, S] -> [..., S, C]
     s *= q.shape[-1] ** -0.5
     if mask is not None:
         s += mask
-    probs = softmax(s)                                           # [..., S, L]
+    probs = softmax(s)                                           # [..., S, C]
     return matmul(probs, v), probs                               # [..., S, D]
+
+
+@dataclass(eq=False)
+class StaticCache:
+    """One decoder layer's preallocated self-attention buffer: keys and values [B, H, Smax, D], of which
+    the first `length` steps are filled.
+
+    Not a value, on purpose: `write` stores new steps in place and advances `length`, and `reorder`
+    (beam search) gathers rows in place, so an earlier reference to the same StaticCache sees the
+    change. The dynamic cache, a (k, v) tuple grown by concatenation, is the value-semantics default;
+    this one exists because concatenation copies the whole cache at every step (O(S^2) bytes over a
+    run, a fresh allocation per step), which a fixed buffer avoids, as transformers' StaticCache does:
+    long beam searches run faster with it (generate(..., static_cache=True)), short ones gain nothing.
+    Both give identical ids and scores (tests/test_generate.py)."""
+    k: object                                                     # [B, H, Smax, D]
+    v: object                                                     # [B, H, Smax, D]
+    length: int = 0
+
+    @classmethod
+    def empty(cls, rows, heads, steps, head_dim, dtype, xp):
+        shape = (rows, heads, steps, head_dim)                    # [B, H, Smax, D]
+        return cls(xp.zeros(shape, dtype), xp.zeros(shape, dtype), 0)
+
+    def write(self, k, v):
+        """Store the S new keys/values [B, H, S, D] at [length, length+S) in place; returns views of all
+        filled steps [B, H, length+S, D]."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise IndexError(f"StaticCache holds {self.k.shape[2]} steps; cannot write step {end}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, index):
+        """Row i becomes old row index[i], over the filled steps, in place (beams follow their parents)."""
+        self.k[:, :, :self.length] = self.k[index, :, :self.length]
+        self.v[:, :, :self.length] = self.v[index, :, :self.length]
+        return self
 
 
 def self_attention(x, p, num_heads, mask, cache=None):
     """Causal self-attention over the past steps' keys/values and the S new ones.
 
-    cache is a value: None; (k, v) of the past steps, each [B, H, L-S, D], grown by concatenation; or a
-    preallocated static cache (k_buf, v_buf, length), buffers [B, H, Lmax, D] into which the S new
-    keys/values are written in place at [length, length+S). Returns the output [B, S, M],
-    probs [B, H, S, L] and the new cache value of the same kind."""
+    cache: None; (k, v) of the past steps, each [B, H, C-S, D], a value grown by concatenation; or a
+    StaticCache, written in place. Returns the output [B, S, M], probs [B, H, S, C] and the new cache
+    (a new (k, v) tuple, or the same StaticCache advanced)."""
     xp = array_module(x)
     q = split_heads(linear(x, p["q_proj"]["weight"]), num_heads)  # [B, H, S, D]
     k = split_heads(linear(x, p["k_proj"]["weight"]), num_heads)  # [B, H, S, D]
     v = split_heads(linear(x, p["v_proj"]["weight"]), num_heads)  # [B, H, S, D]
-    if cache is None:
+    if isinstance(cache, StaticCache):
+        k, v = cache.write(k, v)                                  # [B, H, C, D] views
+    else:
+        if cache is not None:                                     # dynamic
+            k = xp.concatenate([cache[0], k], axis=2)             # [B, H, C, D]
+            v = xp.concatenate([cache[1], v], axis=2)
         cache = (k, v)
-    elif len(cache) == 2:                                         # dynamic
-        k = xp.concatenate([cache[0], k], axis=2)                 # [B, H, L, D]
-        v = xp.concatenate([cache[1], v], axis=2)
-        cache = (k, v)
-    else:                                                         # static
-        k_buf, v_buf, length = cache
-        L = length + x.shape[1]
-        k_buf[:, :, length:L] = k
-        v_buf[:, :, length:L] = v
-        k, v = k_buf[:, :, :L], v_buf[:, :, :L]                   # [B, H, L, D] views
-        cache = (k_buf, v_buf, L)
     out, probs = attention(q, k, v, mask)                         # [B, H, S, D]
     return linear(merge_heads(out), p["out_proj"]["weight"]), probs, cache
 
 
 def cache_length(cache):
-    """Steps already in a self-attention cache value (None, (k, v) or (k_buf, v_buf, length))."""
+    """Steps already in a self-attention cache (None, (k, v) or a StaticCache)."""
     if cache is None:
         return 0
-    return cache[2] if len(cache) == 3 else cache[0].shape[2]
+    return cache.length if isinstance(cache, StaticCache) else cache[0].shape[2]
 
 
 def cross_kv(encoder_hidden, p, num_heads):
@@ -116,11 +152,11 @@ def decoder_layer(x, p, config, self_mask, kv, cross_mask, cache=None, trace=Non
 
 def causal_mask(S, past, dtype, xp, decoder_attention_mask=None):
     """Additive mask [B or 1, 1, S, past+S]: step i sees keys 0..past+i, and none the padding mask hides."""
-    L = past + S
-    allowed = xp.arange(L)[None, :] <= (past + xp.arange(S))[:, None]    # [S, L]
-    allowed = allowed[None, None]                                        # [1, 1, S, L]
+    C = past + S
+    allowed = xp.arange(C)[None, :] <= (past + xp.arange(S))[:, None]    # [S, C]
+    allowed = allowed[None, None]                                        # [1, 1, S, C]
     if decoder_attention_mask is not None:
-        allowed = allowed & (xp.asarray(decoder_attention_mask)[:, None, None, :L] == 1)  # [B, 1, S, L]
+        allowed = allowed & (xp.asarray(decoder_attention_mask)[:, None, None, :C] == 1)  # [B, 1, S, C]
     return xp.where(allowed, 0.0, finfo(dtype).min).astype(dtype)
 
 

@@ -4,12 +4,13 @@ Phang, Zhao & Liu (2022), §3: tokens attend only within their block of K tokens
 tokens); every other layer shifts the blocks by K/2 ("staggered blocks") so information crosses block
 borders; G learned global tokens attend to everything and are attended by everything.
 Shape legend: B batch, T tokens, P padded tokens, N blocks, K block size, G global tokens,
-H heads, D head dim, M d_model.
+H heads, D head dim, M d_model; Q queries and C keys of one attention.
 """
 
 from __future__ import annotations
 
 from .backend import array_module, finfo
+from .blocks import padded_length, stagger_shift
 from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, record,
                      sinusoidal_positions, softmax, split_heads)
 from .precision import assert_finite, checks_on, matmul, residual, scores
@@ -17,12 +18,12 @@ from .precision import assert_finite, checks_on, matmul, residual, scores
 
 def attend(q, k, v, mask):
     """softmax(q k^T + mask) v for queries already scaled by D^-1/2 (the encoder scales its queries, as the
-    reference does). q [..., S, D], k and v [..., L, D], mask additive, broadcastable to [..., S, L].
-    Returns the output [..., S, D] and the probabilities [..., S, L]."""
-    s = scores(q, k.swapaxes(-1, -2))                            # [..., S, D] @ [..., D, L] -> [..., S, L]
+    reference does). q [..., Q, D] (Q queries), k and v [..., C, D] (C keys), mask additive, broadcastable
+    to [..., Q, C]. Returns the output [..., Q, D] and the probabilities [..., Q, C]."""
+    s = scores(q, k.swapaxes(-1, -2))                            # [..., Q, D] @ [..., D, C] -> [..., Q, C]
     s += mask
-    probs = softmax(s)                                           # [..., S, L]
-    return matmul(probs, v), probs                               # [..., S, L] @ [..., L, D] -> [..., S, D]
+    probs = softmax(s)                                           # [..., Q, C]
+    return matmul(probs, v), probs                               # [..., Q, C] @ [..., C, D] -> [..., Q, D]
 
 
 def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentions=True):
@@ -87,7 +88,7 @@ def stagger(x, mask, block_size):
     """Shift blocks by half a block: pad K/2 tokens (masked) on both sides, so the padded sequence has
     one block more and every block straddles two of the unstaggered ones (pad_local_tokens)."""
     xp = array_module(x)
-    h = block_size // 2
+    h = stagger_shift(block_size, staggered=True)                             # K/2
     x = xp.pad(x, ((0, 0), (h, h), (0, 0)))                                   # [B, P+K, M]
     mask = xp.pad(mask, ((0, 0), (h, h)), constant_values=finfo(mask.dtype).min)  # [B, P+K]
     return x, mask
@@ -110,7 +111,8 @@ def encoder_layer(x, g, mask, p, config, staggered, trace=None, name="", output_
     record(trace, f"{name}.self_attn", h)
     record(trace, f"{name}.self_attn.global", hg)
     if staggered:
-        h = h[:, K // 2:-(K // 2)]                               # [B, P, M] undo the half-block shift
+        shift = stagger_shift(K, staggered)
+        h = h[:, shift:-shift]                                   # [B, P, M] undo the half-block shift
     x = x + h
     g = g + hg
     x = x + ffn(layer_norm(x, p["final_layer_norm"]), p, config.activation_function)
@@ -147,7 +149,7 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
         attention_mask = xp.ones((B, T), dtype=dtype)
     mask = additive_mask(attention_mask, dtype, xp)              # [B, T]
     K = config.block_size
-    pad = (-T) % K
+    pad = padded_length(T, K) - T
     if pad:  # pad tokens to whole blocks; the padding is masked with finfo.min
         x = xp.pad(x, ((0, 0), (0, pad), (0, 0)))                # [B, P, M]
         mask = xp.pad(mask, ((0, 0), (0, pad)), constant_values=finfo(dtype).min)  # [B, P]

@@ -2,7 +2,10 @@
 scaled token embeddings, sinusoidal positions, softmax and the scaled-dot-product attention core.
 
 Shape legend (used everywhere in minipegx): B batch, T tokens, S decoder steps, N blocks,
-K block size, G global tokens, H heads, D head dim, F FFN width, M d_model, V vocab.
+K block size, G global tokens, H heads, D head dim, F FFN width, M d_model, V vocab; P tokens padded
+to whole blocks; Q queries and C keys of one attention (C also cached + new decoder steps); R rows per
+input in generation (W beams x returned sequences). Each letter has this one meaning; counts of layers
+are written out ("layers"), never a letter.
 Every function takes arrays and plain parameter dicts (the checkpoint's own tree) and returns arrays;
 the array module (NumPy or CuPy) comes from the inputs.
 """
@@ -12,8 +15,7 @@ from __future__ import annotations
 import math
 
 from .backend import array_module, finfo
-from .precision import ACCUMULATE, is_low_precision, round_to
-from .quantize import is_quantized
+from .precision import float32_inside, round_to
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which PEGASUS-X keeps
 
@@ -24,20 +26,14 @@ def record(trace, name, value):
         trace[name] = value
 
 
+@float32_inside(rounds_to=lambda x, w, b=None: x.dtype)
 def linear(x, w, b=None):
     """y = x W^T (+ b), as torch.nn.Linear. W is [O, I] as stored in the checkpoint.
 
     The leading dims are flattened so the product is one BLAS GEMM, not one per batch row.
-    float16/bfloat16 operands and int8/nf4 weights (quantize.py, dequantized here, on the fly) are
-    multiplied in float32 and the result, bias included, rounded once to x's dtype (precision.py)."""
+    float16/bfloat16 operands and int8/nf4 weights are widened to float32 around this formula and the
+    result rounded once to x's dtype (precision.float32_inside)."""
     rows = x.reshape(-1, x.shape[-1])          # [R, I]
-    if is_quantized(w) or is_low_precision(rows.dtype) or is_low_precision(w.dtype):
-        wide = w.dequantize(ACCUMULATE) if is_quantized(w) else w.astype(ACCUMULATE)  # [O, I] float32
-        wide_rows = rows.astype(ACCUMULATE)
-        y = (wide @ wide_rows.T).T if rows.shape[0] <= 16 else wide_rows @ wide.T  # [R, O], float32 sums
-        if b is not None:
-            y += b
-        return round_to(y, rows.dtype).reshape(*x.shape[:-1], y.shape[-1])
     if rows.shape[0] <= 16:  # a decoding step's few rows: W as the left operand, so BLAS streams it once
         y = (w @ rows.T).T                     # [O, I] @ [I, R] -> [O, R] -> [R, O] (~2x faster in OpenBLAS)
     else:
@@ -47,15 +43,13 @@ def linear(x, w, b=None):
     return y.reshape(*x.shape[:-1], w.shape[0])  # [..., O]
 
 
+@float32_inside(rounds_to=lambda x, p, eps=None: p["weight"].dtype)
 def layer_norm(x, p, eps=LAYER_NORM_EPS):
     """LayerNorm over the last dim with biased variance (torch's), eps 1e-5. p = {"weight", "bias"}.
 
     Under float16/bfloat16 the statistics are computed in float32 (squares of |x| > 256 overflow fp16)
     and the output rounded to the weights' dtype (the residual stream x may be float32, precision.py)."""
     xp = array_module(x)
-    if is_low_precision(x.dtype) or is_low_precision(p["weight"].dtype):
-        y = layer_norm(x.astype(ACCUMULATE), {k: v.astype(ACCUMULATE) for k, v in p.items()}, eps)
-        return round_to(y, p["weight"].dtype)
     y = x - x.mean(axis=-1, keepdims=True)     # [..., M] centered; a new array, so the rest is in place
     var = (y * y).mean(axis=-1, keepdims=True)  # [..., 1]
     y /= xp.sqrt(var + eps)
@@ -101,15 +95,19 @@ ACTIVATIONS = {
 }
 
 
+@float32_inside(rounds_to=lambda h, act: h.dtype)
+def activation(h, act):
+    """ACT2FN[act](h), float32 inside under float16/bfloat16. relu works in place: h is the FFN's own
+    [..., F] array, and a second one (200 MB at 16k tokens) costs more to allocate than the relu itself."""
+    if act == "relu":
+        return array_module(h).maximum(h, 0, out=h)
+    return ACTIVATIONS[act](h)
+
+
 def ffn(x, p, act):
     """Position-wise feed-forward: fc2(act(fc1(x))). x [..., M] -> [..., F] -> [..., M]."""
     h = linear(x, p["fc1"]["weight"], p["fc1"]["bias"])                    # [..., F]
-    if is_low_precision(h.dtype):  # float16/bfloat16: the activation in float32, rounded back
-        h = round_to(ACTIVATIONS[act](h.astype(ACCUMULATE)), h.dtype)
-    elif act == "relu":  # in place: h is our own, and a second [T, F] array (200 MB at 16k tokens) costs
-        array_module(h).maximum(h, 0, out=h)  # more to allocate than the relu itself
-    else:
-        h = ACTIVATIONS[act](h)
+    h = activation(h, act)                                                 # [..., F]
     return linear(h, p["fc2"]["weight"], p["fc2"]["bias"])                 # [..., M]
 
 
@@ -136,12 +134,11 @@ def sinusoidal_positions(start, length, dim, xp, dtype="float32"):
     return xp.concatenate([xp.sin(angle), xp.cos(angle)], axis=-1).astype(dtype)         # [T, M]
 
 
+@float32_inside(rounds_to=lambda s: s.dtype)
 def softmax(s):
     """Softmax over the last axis, in place on s (saves one score-sized buffer).
     float16/bfloat16 scores: exponentials and sums in float32, probabilities rounded back."""
     xp = array_module(s)
-    if is_low_precision(s.dtype):
-        return round_to(softmax(s.astype(ACCUMULATE)), s.dtype)
     s -= s.max(axis=-1, keepdims=True)
     xp.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
@@ -149,15 +146,15 @@ def softmax(s):
 
 
 def split_heads(x, num_heads):
-    """[B, L, M] -> [B, H, L, D] (a strided view; matmul reads it without copying)."""
-    B, L, M = x.shape
-    return x.reshape(B, L, num_heads, M // num_heads).transpose(0, 2, 1, 3)
+    """[B, T, M] -> [B, H, T, D] (T tokens or decoder steps; a strided view, read by matmul without a copy)."""
+    B, T, M = x.shape
+    return x.reshape(B, T, num_heads, M // num_heads).transpose(0, 2, 1, 3)
 
 
 def merge_heads(x):
-    """[B, H, L, D] -> [B, L, H*D]."""
-    B, H, L, D = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, L, H * D)
+    """[B, H, T, D] -> [B, T, H*D]."""
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
 def additive_mask(attention_mask, dtype, xp):

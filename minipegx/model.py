@@ -2,22 +2,30 @@
 reference's inputs and outputs (transformers' PegasusXForConditionalGeneration / Seq2SeqLMOutput).
 
 `PegasusX` is a thin value holder: everything it does is a call to the array functions in
-encoder.py, decoder.py and layers.py. Inputs are checked here, at the boundary, so the layer
-functions stay free of checks that hide the math.
+encoder.py, decoder.py and layers.py. Every argument is checked at this boundary (by inputs.py, before any
+work), so the layer functions stay free of checks that hide the math. The cross-attention keys/values
+and mask come from decoding.prepare_decoding, the same function generation uses.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
-import warnings
 from dataclasses import dataclass, field
 
 from . import backend as B_
 from .config import PegasusXConfig
-from .decoder import cross_kv, decoder, unstack_rows
+from .decoder import decoder, unstack_rows
+from .decoding import prepare_decoding
 from .encoder import encoder
-from .errors import InputError, LongInputWarning, MiniPegxWarning
-from .layers import additive_mask, linear, record
+from .errors import InputError
+from .generation import generate
+# The input checks live in inputs.py (shared with generation); as_ids, as_mask, as_labels and
+# check_encoder_inputs stay importable from here.
+from .inputs import (as_flag, as_hidden, as_ids, as_labels, as_mask, check_encoder_inputs, check_past_key_values,
+                     ids_or_embeds, short)
+from .layers import linear, record
 
 
 @dataclass
@@ -66,104 +74,38 @@ class PegasusX:
         """The LM head; tied to the token embeddings unless the checkpoint unties them."""
         return self.params.get("lm_head", self.params["model"]["shared"])["weight"]  # [V, M]
 
-    def __call__(self, **inputs) -> Seq2SeqLMOutput:
-        return forward(self, **inputs)
+    def __call__(self, *args, **inputs) -> Seq2SeqLMOutput:
+        check_call_names(args, inputs)
+        return forward(self, *args, **inputs)
 
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=False,
                output_hidden_states=False, trace=None) -> EncoderOutput:
         """Run the encoder alone (what generation does once per input)."""
         input_ids, attention_mask, inputs_embeds = check_encoder_inputs(self, input_ids, attention_mask,
                                                                         inputs_embeds)
-        h, hs, att = encoder(self.params["model"], self.config, input_ids, attention_mask, inputs_embeds,
-                             output_attentions, output_hidden_states, trace, self.check_finite)
-        return EncoderOutput(h, hs, att)
+        return run_encoder(self, input_ids, attention_mask, inputs_embeds, as_flag("output_attentions",
+                           output_attentions), as_flag("output_hidden_states", output_hidden_states), trace)
 
     def generate(self, input_ids, attention_mask=None, **options):
         """Generated ids [B * num_return_sequences, S], starting with the decoder start token."""
-        from .generate import generate
         return generate(self, input_ids, attention_mask=attention_mask, **options)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def as_ids(model, ids, name):
-    """Lists or arrays of token ids -> an int64 [B, L] array on the model's backend, checked on the way:
-    integers, rank 1 or 2, a non-empty batch, every id in [0, vocab_size) (CuPy would wrap bad ids
-    silently)."""
-    xp = model.xp
-    if isinstance(ids, (list, tuple)):
-        try:
-            ids = B_.to_numpy(ids)
-        except ValueError as e:
-            raise InputError(f"{name} rows have different lengths; pad them (the tokenizer's padding=True) "
-                             "and pass an attention_mask") from e
-    if not hasattr(ids, "dtype") or not hasattr(ids, "ndim"):
-        raise InputError(f"{name} must be a NumPy/CuPy array or a list of token ids, got {type(ids).__name__}")
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2:
-        raise InputError(f"{name} must have shape [batch, length], got shape {tuple(ids.shape)}")
-    if ids.shape[0] == 0:
-        raise InputError(f"{name} has a batch of zero sequences; give at least one")
-    if ids.shape[1] == 0:
-        raise InputError(f"{name} has sequences of length zero; every input needs at least one token")
-    if ids.dtype.kind not in "iu":
-        raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}; "
-                         "cast with .astype('int64') if they are whole numbers")
-    lo, hi = int(ids.min()), int(ids.max())
-    V = model.config.vocab_size
-    if lo < 0 or hi >= V:
-        bad = lo if lo < 0 else hi
-        raise InputError(f"{name} holds id {bad}, outside the vocabulary [0, {V}); "
-                         "was it made by this checkpoint's tokenizer?")
-    return B_.to_device(ids, xp).astype("int64")
-
-
-def as_mask(model, mask, shape, name):
-    """A 1/0 attention mask of exactly `shape`, as an array on the model's backend."""
-    xp = model.xp
-    if isinstance(mask, (list, tuple)):
-        mask = B_.to_numpy(mask)
-    if not hasattr(mask, "shape"):
-        raise InputError(f"{name} must be an array of 1 (keep) and 0 (padding), got {type(mask).__name__}")
-    if mask.ndim == 1 and len(shape) == 2 and shape[0] == 1:
-        mask = mask[None]
-    if tuple(mask.shape) != tuple(shape):
-        raise InputError(f"{name} has shape {tuple(mask.shape)} but its ids have shape {tuple(shape)}; "
-                         "they must match (one 1/0 per token)")
-    m = B_.to_device(mask, xp)
-    if m.dtype.kind == "b":
-        m = m.astype("int64")
-    if not bool(((m == 0) | (m == 1)).all()):
-        raise InputError(f"{name} must hold only 1 (keep) and 0 (padding)")
-    return m
-
-
-def check_encoder_inputs(model, input_ids, attention_mask, inputs_embeds):
-    xp, dtype = model.xp, B_.resolve_dtype(model.dtype, model.xp)
-    if (input_ids is None) == (inputs_embeds is None):
-        raise InputError("give exactly one of input_ids or inputs_embeds")
-    if input_ids is not None:
-        input_ids = as_ids(model, input_ids, "input_ids")
-        shape = input_ids.shape
-    else:
-        if not hasattr(inputs_embeds, "shape") or inputs_embeds.ndim != 3 \
-                or inputs_embeds.shape[-1] != model.config.d_model or inputs_embeds.shape[0] == 0:
-            raise InputError(f"inputs_embeds must have shape [batch>0, length, d_model={model.config.d_model}], "
-                             f"got {getattr(inputs_embeds, 'shape', type(inputs_embeds).__name__)}")
-        inputs_embeds = B_.to_device(inputs_embeds, xp, dtype)
-        shape = inputs_embeds.shape[:2]
-    if attention_mask is not None:
-        attention_mask = as_mask(model, attention_mask, shape, "attention_mask")
-        empty = ~(attention_mask == 1).any(axis=1)
-        if bool(empty.any()):
-            rows = [int(i) for i in B_.to_numpy(xp.nonzero(empty)[0])]
-            warnings.warn(f"attention_mask rows {rows} are all padding: those inputs have no tokens, so "
-                          "their outputs depend only on the global tokens", MiniPegxWarning, stacklevel=3)
-    if shape[1] > model.config.max_position_embeddings:
-        warnings.warn(f"the input has {shape[1]} tokens, more than max_position_embeddings="
-                      f"{model.config.max_position_embeddings}; positions are sinusoidal so it runs, but the "
-                      "model never saw such positions in training", LongInputWarning, stacklevel=3)
-    return input_ids, attention_mask, inputs_embeds
+def check_call_names(args, inputs):
+    """model(...) takes forward's arguments: at most its positional ones, and no unknown names."""
+    names = list(inspect.signature(forward).parameters)[1:]
+    if len(args) > len(names):
+        raise InputError(f"the model takes at most {len(names)} arguments, got {len(args)}; pass them by name")
+    twice = sorted(set(names[:len(args)]) & set(inputs))
+    if twice:
+        raise InputError(f"{', '.join(twice)} given both by position and by name; give each once")
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        hints = {u: difflib.get_close_matches(u, names, 1) for u in unknown}
+        hint = "".join(f" Did you mean {h[0]!r} for {u!r}?" for u, h in hints.items() if h)
+        raise InputError(f"unknown model argument(s) {', '.join(map(short, unknown))}.{hint} "
+                         f"Known arguments: {', '.join(names)}")
 
 
 def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
@@ -192,94 +134,95 @@ def forward(model, input_ids=None, attention_mask=None, decoder_input_ids=None, 
             encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None,
             labels=None, use_cache=None, output_attentions=False, output_hidden_states=False,
             trace=None) -> Seq2SeqLMOutput:
-    """PegasusXForConditionalGeneration.forward, same arguments and outputs (see Seq2SeqLMOutput)."""
-    cfg, xp = model.config, model.xp
-    dtype = B_.resolve_dtype(model.dtype, xp)
-    params = model.params["model"]
+    """PegasusXForConditionalGeneration.forward, same arguments and outputs (see Seq2SeqLMOutput).
+    Every argument is checked (inputs.py) before the encoder runs."""
+    cfg = model.config
+    output_attentions = as_flag("output_attentions", output_attentions)
+    output_hidden_states = as_flag("output_hidden_states", output_hidden_states)
+    use_cache = cfg.use_cache if use_cache is None else as_flag("use_cache", use_cache)
+    if trace is not None and not isinstance(trace, dict):
+        raise InputError(f"trace must be None or a dict to collect named intermediates, got {type(trace).__name__}")
 
-    # Encoder (or reuse its outputs).
+    # Encoder inputs (or its outputs, reused), checked: [B, T].
     if encoder_outputs is None:
-        enc = model.encode(input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states,
-                           trace)
-        attention_mask = None if attention_mask is None else as_mask(
-            model, attention_mask, enc.last_hidden_state.shape[:2], "attention_mask")
+        input_ids, attention_mask, inputs_embeds = check_encoder_inputs(model, input_ids, attention_mask,
+                                                                        inputs_embeds)
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
     else:
-        if not isinstance(encoder_outputs, EncoderOutput):
-            if isinstance(encoder_outputs, (tuple, list)):
-                encoder_outputs = EncoderOutput(*encoder_outputs)
-            else:
-                encoder_outputs = EncoderOutput(encoder_outputs)
-        enc = encoder_outputs
+        encoder_outputs = as_encoder_output(model, encoder_outputs)
+        B, T = encoder_outputs.last_hidden_state.shape[:2]
         if attention_mask is not None:
-            attention_mask = as_mask(model, attention_mask, enc.last_hidden_state.shape[:2], "attention_mask")
-    enc_h = enc.last_hidden_state                                              # [B, T, M]
-    cross_mask = None if attention_mask is None else \
-        additive_mask(attention_mask, dtype, xp)[:, None, None, :]             # [B, 1, 1, T]
+            attention_mask = as_mask(model, attention_mask, (B, T), "attention_mask")
 
-    # Decoder inputs.
+    # Decoder inputs: [B*R, S].
     if labels is not None:
-        labels = as_labels(model, labels)
         use_cache = False
         if decoder_input_ids is None and decoder_inputs_embeds is None:
+            labels = as_labels(model, labels)
             decoder_input_ids = shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id)
-    if decoder_input_ids is None and decoder_inputs_embeds is None:
-        raise InputError("give decoder_input_ids (e.g. [[config.decoder_start_token_id]]), decoder_inputs_embeds "
-                         "or labels")
-    if decoder_input_ids is not None:
-        decoder_input_ids = as_ids(model, decoder_input_ids, "decoder_input_ids")
-        dshape = decoder_input_ids.shape
-    else:
-        decoder_inputs_embeds = B_.to_device(decoder_inputs_embeds, xp, dtype)
-        dshape = decoder_inputs_embeds.shape[:2]
-    if dshape[0] % enc_h.shape[0]:
-        raise InputError(f"the decoder has {dshape[0]} rows, not a multiple of the encoder's batch "
-                         f"{enc_h.shape[0]}")
-
-    # Caches: cross keys/values once per input, self-attention keys/values of past steps.
-    L = cfg.decoder_layers
-    if past_key_values is not None:
-        caches = tuple((pkv[0], pkv[1]) for pkv in past_key_values)
-        kvs = tuple((pkv[2], pkv[3]) for pkv in past_key_values)
-        past = caches[0][0].shape[2]
-    else:
-        caches, past = None, 0
-        kvs = tuple(cross_kv(enc_h, params["decoder"]["layers"][i]["encoder_attn"], cfg.decoder_attention_heads)
-                    for i in range(L))
+    decoder_input_ids, decoder_inputs_embeds, dshape = ids_or_embeds(
+        model, decoder_input_ids, decoder_inputs_embeds, "decoder_",
+        " (e.g. [[config.decoder_start_token_id]]), or labels to derive them from")
+    if labels is not None:
+        labels = as_labels(model, labels, dshape)
+    if dshape[0] % B:
+        raise InputError(f"the decoder has {dshape[0]} rows, not a multiple of the encoder's batch {B}")
+    caches, kvs, past = None, None, 0
+    if past_key_values is not None:     # self keys/values of past steps, cross keys/values of the inputs
+        caches, kvs, past = check_past_key_values(model, past_key_values, dshape[0], B, T)
     if decoder_attention_mask is not None:
         # Like the reference, the mask covers the cached steps and the new ones.
         decoder_attention_mask = as_mask(model, decoder_attention_mask, (dshape[0], past + dshape[1]),
                                          "decoder_attention_mask")
 
+    # The work: encoder (unless reused), cross keys/values and mask, decoder, LM head.
+    if encoder_outputs is None:
+        encoder_outputs = run_encoder(model, input_ids, attention_mask, inputs_embeds, output_attentions,
+                                      output_hidden_states, trace)
+    enc_h = encoder_outputs.last_hidden_state                                  # [B, T, M]
+    dec = prepare_decoding(model, enc_h, attention_mask, kvs)
     h, new_caches, dhs, self_probs, cross_probs = decoder(
-        params, cfg, kvs, cross_mask, decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask,
-        caches, output_hidden_states, trace, model.check_finite)
+        model.params["model"], cfg, dec.kvs, dec.cross_mask, decoder_input_ids, decoder_inputs_embeds,
+        decoder_attention_mask, caches, output_hidden_states, trace, model.check_finite)
     logits = linear(h, model.lm_head_weight)                                   # [B*R, S, V]
     record(trace, "lm_head", logits)
 
-    rows = dshape[0] // enc_h.shape[0]
+    rows = dshape[0] // B
     return Seq2SeqLMOutput(
         loss=None if labels is None else cross_entropy(logits, labels),
         logits=logits,
-        past_key_values=tuple((c[0], c[1], kv[0], kv[1]) for c, kv in zip(new_caches, kvs))
-        if (cfg.use_cache if use_cache is None else use_cache) else None,
+        past_key_values=tuple((c[0], c[1], kv[0], kv[1]) for c, kv in zip(new_caches, dec.kvs))
+        if use_cache else None,
         decoder_hidden_states=dhs,
         decoder_attentions=self_probs if output_attentions else None,
         cross_attentions=tuple(unstack_rows(c, rows) for c in cross_probs) if output_attentions else None,
         encoder_last_hidden_state=enc_h,
-        encoder_hidden_states=enc.hidden_states,
-        encoder_attentions=enc.attentions,
+        encoder_hidden_states=encoder_outputs.hidden_states,
+        encoder_attentions=encoder_outputs.attentions,
     )
 
 
-def as_labels(model, labels):
-    xp = model.xp
-    labels = B_.to_numpy(labels) if isinstance(labels, (list, tuple)) else labels
-    if not hasattr(labels, "dtype") or labels.dtype.kind not in "iu" or labels.ndim != 2:
-        raise InputError("labels must be an integer array [batch, length] of token ids (-100 = ignore)")
-    bad = (labels != -100) & ((labels < 0) | (labels >= model.config.vocab_size))
-    if bool(bad.any()):
-        raise InputError(f"labels hold ids outside [0, {model.config.vocab_size}) other than -100 (ignore)")
-    return B_.to_device(labels, xp).astype("int64")
+def as_encoder_output(model, encoder_outputs):
+    """encoder_outputs as an EncoderOutput (also from a tuple or a bare [B, T, M] array), its last hidden
+    state checked: shape [B, T, d_model], floating, finite."""
+    if not isinstance(encoder_outputs, EncoderOutput):
+        if isinstance(encoder_outputs, (tuple, list)):
+            if not 1 <= len(encoder_outputs) <= 3:
+                raise InputError("encoder_outputs as a tuple must be (last_hidden_state[, hidden_states"
+                                 f"[, attentions]]), got {len(encoder_outputs)} items")
+            encoder_outputs = EncoderOutput(*encoder_outputs)
+        else:
+            encoder_outputs = EncoderOutput(encoder_outputs)
+    h = as_hidden(model, encoder_outputs.last_hidden_state, "encoder_outputs.last_hidden_state")
+    return EncoderOutput(h, encoder_outputs.hidden_states, encoder_outputs.attentions)
+
+
+def run_encoder(model, input_ids, attention_mask, inputs_embeds, output_attentions=False,
+                output_hidden_states=False, trace=None) -> EncoderOutput:
+    """The encoder on inputs already checked by check_encoder_inputs."""
+    h, hs, att = encoder(model.params["model"], model.config, input_ids, attention_mask, inputs_embeds,
+                         output_attentions, output_hidden_states, trace, model.check_finite)
+    return EncoderOutput(h, hs, att)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -298,7 +241,10 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
 
     if path is None:
         path = demo_model_path()
-    path = as_path(path, CheckpointError)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path must be a checkpoint directory (a str or os.PathLike) or None for the demo model, "
+                         f"got {short(path)}")
+    path = as_path(path, CheckpointError)  # and no NUL byte
     xp = B_.get_backend(backend)
     compute = B_.resolve_dtype(dtype, xp)
     config = PegasusXConfig.from_json_file(path)

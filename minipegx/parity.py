@@ -8,7 +8,8 @@ minipegx records its intermediates in a `trace` dict keyed by the Hugging Face m
 reference's are captured with forward hooks on the same modules. A course swaps in a student's layer
 with `patch={"minipegx.encoder.global_local_attention": student_fn}` and reads where it diverges.
 
-This is reference tooling: it imports torch and transformers (the `test` extra), the model never does.
+This is reference tooling: compare imports torch and transformers (the `test` extra), the model never does;
+check_function (the course kit, minipegx.course) grades a student's function without them.
 Command line: `python -m minipegx.parity CHECKPOINT --text "..." [--steps 3]` (or `minipegx parity`).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,10 +25,11 @@ import numpy as np
 
 from .backend import to_numpy
 from .errors import BackendError, InputError
+from .tolerances import LONG_INPUTS
 
 # A place diverges when |minipegx - transformers| > ATOL + RTOL * max|transformers|: fp32 summation
 # order alone gives ~1e-7 relative per op, so 1e-5 relative plus 1e-4 absolute flags real bugs only.
-ATOL, RTOL = 1e-4, 1e-5
+ATOL, RTOL = LONG_INPUTS.atol, LONG_INPUTS.rtol
 
 
 @dataclass
@@ -94,20 +97,41 @@ def load_reference(checkpoint):
 
 @contextlib.contextmanager
 def patched(patch):
-    """Temporarily replace functions, e.g. {"minipegx.encoder.global_local_attention": my_fn}."""
+    """Temporarily replace functions, e.g. {"minipegx.layers.layer_norm": my_fn}, and put them back on exit.
+
+    Named by its home module (where it is defined: minipegx.layers.layer_norm), a function is replaced
+    wherever minipegx calls it: encoder.py and decoder.py import the layer functions by name
+    (`from .layers import layer_norm`), so the function object is swapped in every loaded minipegx module
+    that binds it. Named by another module ({"minipegx.decoder.sinusoidal_positions": fn}), only that
+    module's use is replaced (here the decoder's positions, not the encoder's). A replaced layer_norm,
+    linear, softmax or activation replaces the precision seam around it too (precision.float32_inside):
+    at float32 the seam is the plain formula, so the model computes the same."""
     saved = []
     try:
         for dotted, fn in (patch or {}).items():
             module_name, _, attr = dotted.rpartition(".")
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as e:
+                raise InputError(f"cannot patch {dotted}: no module {module_name}") from e
             if not hasattr(module, attr):
                 raise InputError(f"cannot patch {dotted}: {module_name} has no {attr}")
-            saved.append((module, attr, getattr(module, attr)))
-            setattr(module, attr, fn)
+            original = getattr(module, attr)
+            home = getattr(original, "__module__", None) == module_name
+            for holder, name in (_bindings(original) if home else []) or [(module, attr)]:
+                saved.append((holder, name, original))
+                setattr(holder, name, fn)
         yield
     finally:
-        for module, attr, fn in reversed(saved):
-            setattr(module, attr, fn)
+        for holder, name, original in reversed(saved):
+            setattr(holder, name, original)
+
+
+def _bindings(obj):
+    """(module, attribute name) of every loaded minipegx module attribute that is `obj` itself."""
+    return [(module, name) for mod_name, module in list(sys.modules.items())
+            if module is not None and (mod_name == "minipegx" or mod_name.startswith("minipegx."))
+            for name, value in list(vars(module).items()) if value is obj and not name.startswith("__")]
 
 
 def _hook_reference(ref):
@@ -219,3 +243,10 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def check_function(name, fn, with_transformers=None):
+    """Grade a student's version of a public layer function by its name: minipegx.course.check_function."""
+    from .course import check_function as check
+
+    return check(name, fn, with_transformers=with_transformers)

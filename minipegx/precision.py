@@ -1,6 +1,9 @@
 """minipegx's mixed-precision rules, in one place (docs/precision.md explains and measures them).
 
 float32, the default: nothing here changes a float32 result (every helper is the plain operation).
+The textbook functions of layers.py (linear, layer_norm, softmax, the activation) are written as the
+plain float32 formula; `float32_inside` wraps them, and is the one place where float16/bfloat16
+operands are widened, int8/nf4 weights dequantized, and results rounded back.
 
 float16 / bfloat16, the "compute dtype": weights (unless quantized) and activations are stored in it, and
   * matmuls multiply compute-dtype operands, accumulate in float32 and round the result once, as GPU
@@ -20,10 +23,13 @@ float16 / bfloat16, the "compute dtype": weights (unless quantized) and activati
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .backend import array_module
 from .errors import NumericalError
+from .quantize import is_quantized
 
 ACCUMULATE = np.dtype("float32")  # matmul accumulators, norm/softmax statistics, the residual stream
 
@@ -42,6 +48,50 @@ def round_to(y, dtype):
         return y
     with np.errstate(over="ignore"):       # reported by assert_finite with the layer's name instead
         return y.astype(dtype)
+
+
+def _narrow(a) -> bool:
+    """True for a float16/bfloat16 array or a quantized (int8/nf4) weight."""
+    return is_quantized(a) or (hasattr(a, "dtype") and is_low_precision(a.dtype))
+
+
+def _any_narrow(obj) -> bool:
+    """Whether any array among the arguments (arrays, dicts of a layer's parameters, tuples) is narrow."""
+    if isinstance(obj, dict):
+        return any(_any_narrow(v) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return any(_any_narrow(v) for v in obj)
+    return _narrow(obj)
+
+
+def _widen(obj):
+    """The arguments with every narrow array as float32 (quantized weights dequantized), the rest as is."""
+    if isinstance(obj, dict):
+        return {k: _widen(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_widen(v) for v in obj)
+    if is_quantized(obj):
+        return obj.dequantize(ACCUMULATE)
+    return obj.astype(ACCUMULATE) if _narrow(obj) else obj
+
+
+def float32_inside(rounds_to):
+    """Decorator: run a textbook function in float32 when any argument is float16/bfloat16 or quantized.
+
+    Then the arguments are widened (weights dequantized), the plain formula runs in float32 (products
+    of two fp16/bf16 numbers are exact there, so it is what a tensor core's float32 accumulation
+    computes), and the result is rounded once to rounds_to(*args) -- e.g. linear's input dtype,
+    layer_norm's weight dtype. With float32 (or float64) arguments the function is called as written,
+    so its float32 path is the formula and nothing else. The plain function stays as `.textbook`."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def seam(*args, **kwargs):
+            if not (_any_narrow(args) or _any_narrow(kwargs)):
+                return fn(*args, **kwargs)
+            return round_to(fn(*_widen(args), **_widen(kwargs)), rounds_to(*args, **kwargs))
+        seam.textbook = fn
+        return seam
+    return wrap
 
 
 def matmul(a, b):

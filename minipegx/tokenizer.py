@@ -52,7 +52,7 @@ SPECIAL_TOKENS = [PAD, EOS, MASK_SENT, MASK] + [f"<unk_{i}>" for i in range(2, O
 SPACE = "▁"                                   # U+2581, sentencepiece's visible space
 NO_LIMIT = int(1e30)                          # transformers' "no model_max_length" sentinel
 
-_TRAIN_HINT = "train a Pegasus-layout one with `python tools/train_spm.py corpus.txt DIR/spiece`"
+_TRAIN_HINT = "train a Pegasus-layout one with `python -m tools.train_spm corpus.txt DIR/spiece`"
 
 
 class Encoding(dict):

@@ -16,13 +16,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_quick_toy_benchmark_writes_the_table_as_json(tmp_path):
     out = tmp_path / "toy.json"
-    proc = subprocess.run([sys.executable, BENCH, "--shape", "toy", "--quick", "--grouped", "--threads", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--shape", "toy", "--quick", "--grouped", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ratio" in proc.stdout
 

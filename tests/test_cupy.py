@@ -11,6 +11,7 @@ import pytest
 
 import minipegx
 from minipegx.backend import cupy_available, to_numpy
+from minipegx.tolerances import CUPY_ACTIVATIONS, CUPY_LOGITS
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not cupy_available(), reason="needs CuPy and a CUDA GPU")]
@@ -33,8 +34,8 @@ def test_cupy_logits_equal_numpy_logits(models, golden):
     kw = dict(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"], labels=golden["labels"])
     a, b = cpu(**kw), gpu(**kw)
     assert type(b.logits).__module__.startswith("cupy")
-    assert np.abs(to_numpy(b.logits) - a.logits).max() <= 1e-4
-    assert np.abs(to_numpy(b.logits) - golden["logits"]).max() <= 1e-4
+    assert np.abs(to_numpy(b.logits) - a.logits).max() <= CUPY_LOGITS.atol
+    assert np.abs(to_numpy(b.logits) - golden["logits"]).max() <= CUPY_LOGITS.atol
 
 
 def test_cupy_generation_equals_the_reference_ids(models, golden):
@@ -50,4 +51,4 @@ def test_cupy_attentions_equal_numpy(models, golden):
               decoder_input_ids=golden["labels"][:, :3], output_attentions=True)
     a, b = cpu(**kw), gpu(**kw)
     for x, y in zip(a.encoder_attentions, b.encoder_attentions):
-        assert np.abs(to_numpy(y["local"]) - x["local"]).max() <= 1e-5
+        assert np.abs(to_numpy(y["local"]) - x["local"]).max() <= CUPY_ACTIVATIONS.atol

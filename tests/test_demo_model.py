@@ -9,9 +9,7 @@ training nor the held-out evaluation uses.
 
 from __future__ import annotations
 
-import os
 import random
-import sys
 
 import numpy as np
 import pytest
@@ -22,8 +20,7 @@ from minipegx.pipeline import load
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-import demo_data  # noqa: E402
+from tools import demo_data
 
 DOCS_SEED = 31337          # neither training's Random(1234 * 1000003 + step) nor eval's 987654321
 
@@ -67,3 +64,30 @@ def test_every_slot_word_of_the_task_is_one_demo_token(both):
     slots = demo_data.NAMES + demo_data.PLACES + demo_data.VERBS + demo_data.OBJECTS + [str(n) for n in range(2, 100)]
     split = [w for w in slots if len(tokenizer.encode(w)) != 2]          # the word and </s>
     assert split == []
+
+
+def test_the_demo_models_shape_has_one_home():
+    """The shipped config.json is the demo model's shape: the recipe (tools/train_demo.MODEL) wrote it,
+    and docs/demo_model.md's table states it, field by field."""
+    import json
+    import pathlib
+
+    from tools.train_demo import MODEL
+
+    shipped = json.loads((pathlib.Path(minipegx.demo_model_path()) / "config.json").read_text())
+    assert {k: shipped[k] for k in MODEL} == MODEL
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "demo_model.md").read_text()
+    rows = doc.split("| field | value | field | value |")[1].split("\n\n")[0].strip().splitlines()[1:]
+    stated = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        for name, value in zip(cells[0::2], cells[1::2]):
+            names = {"attention heads (enc / dec)": "encoder_attention_heads / decoder_attention_heads",
+                     "ffn dim (enc / dec)": "encoder_ffn_dim / decoder_ffn_dim"}.get(name, name)
+            for n, v in zip(names.split(" / "), value.split(" / ")):
+                stated[n] = v
+    for field in ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+                  "encoder_ffn_dim", "decoder_ffn_dim", "block_size", "num_global_tokens", "vocab_size",
+                  "max_position_embeddings", "activation_function", "init_std", "stagger_local_blocks"):
+        assert stated[field] == json.dumps(shipped[field]).strip('"'), field

@@ -158,7 +158,7 @@ def test_fuzzed_weight_file_bytes(checkpoints, fmt, mutations):
     def mutate(d, m):
         edits, reach = m
         files = [f for f in os.listdir(d) if f.endswith((".safetensors", ".bin"))] if fmt == "sharded" else []
-        name = sorted(files)[int(reach * len(files))] if files else WEIGHT_FILES[fmt]
+        name = sorted(files)[min(int(reach * len(files)), len(files) - 1)] if files else WEIGHT_FILES[fmt]
         size = os.path.getsize(os.path.join(d, name))
         rewrite(os.path.join(d, name), lambda data: edit_bytes(data, edits, 0, max(64, int(size * reach ** 3))))
 

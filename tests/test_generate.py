@@ -33,8 +33,9 @@ import minipegx.model as mm
 from minipegx.errors import GenerationConfigError, MiniPegxWarning
 from minipegx.generate import (BeamStep, GreedyStep, beam_search_steps, generate, greedy_steps,
                                resolve_options)
+from minipegx.tolerances import SCORES
 
-SCORE_ATOL, SCORE_RTOL = 1e-4, 1e-5
+SCORE_ATOL, SCORE_RTOL = SCORES.atol, SCORES.rtol  # minipegx.tolerances
 V = 163  # tests/reference.py's tiny vocabulary
 
 # Tiny configs: block sizes 2/4/6, 1-3 global tokens, stagger on and off.

@@ -1,8 +1,8 @@
 """Numbers checked without torch: the committed tiny checkpoint and the outputs transformers gave for it
 (written by tools/make_goldens.py; versions recorded in the .npz). Runs on any install of minipegx.
 
-Tolerances: fp32 logits 1e-4 (the issue's bound; the weights are scaled x10 so logits are O(1));
-activations 1e-5 relative to their O(1) scale; generated ids exactly equal."""
+Tolerances (minipegx.tolerances): fp32 logits LOGITS (the weights are scaled x10 so logits are O(1));
+the encoder output TINY_FP32 x 10, relative to its O(10) scale; generated ids exactly equal."""
 
 from pathlib import Path
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import minipegx
+from minipegx.tolerances import LOGITS, TINY_FP32
 
 GOLDENS = Path(__file__).parent / "goldens"
 
@@ -26,19 +27,19 @@ def model():
 
 def test_logits_and_loss_equal_the_recorded_reference(model, golden):
     out = model(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"], labels=golden["labels"])
-    assert np.abs(out.logits - golden["logits"]).max() <= 1e-4
-    assert abs(float(out.loss) - float(golden["loss"])) <= 1e-4
+    assert np.abs(out.logits - golden["logits"]).max() <= LOGITS.atol
+    assert abs(float(out.loss) - float(golden["loss"])) <= LOGITS.atol
 
 
 def test_encoder_output_equals_the_recorded_reference(model, golden):
     enc = model.encode(golden["input_ids"], golden["attention_mask"])
-    assert np.abs(enc.last_hidden_state - golden["encoder_last_hidden_state"]).max() <= 1e-5 * 10
+    assert np.abs(enc.last_hidden_state - golden["encoder_last_hidden_state"]).max() <= TINY_FP32.atol * 10
 
 
 def test_decoder_hidden_state_equals_the_recorded_reference(model, golden):
     out = model(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"], labels=golden["labels"],
                 output_hidden_states=True)
-    assert np.abs(out.decoder_hidden_states[1] - golden["decoder_hidden_state_1"]).max() <= 1e-4
+    assert np.abs(out.decoder_hidden_states[1] - golden["decoder_hidden_state_1"]).max() <= LOGITS.atol
 
 
 def test_greedy_ids_equal_the_recorded_reference(model, golden):

@@ -20,7 +20,7 @@ from loading_worker import load_in_child
 from minipegx import limits
 from minipegx.checkpoint import load_params, read_state_dict
 from minipegx.config import PegasusXConfig
-from minipegx.errors import CheckpointError, ConfigError, TokenizerError, UnsafeCheckpointError
+from minipegx.errors import CheckpointError, ConfigError, InputError, TokenizerError, UnsafeCheckpointError
 from untrusted_files import (copy_checkpoint, float_storage, join_safetensors, nested_json, rewrite_json,
                              self_sharing_list, self_sharing_tuple, split_safetensors, tiny_model, torch_pickle,
                              torch_zip, write_checkpoints, Tensor)
@@ -400,7 +400,8 @@ def loading_calls():
     from minipegx.checkpoint import save_params
     demo = minipegx.demo_model_path()
     return {
-        "from_pretrained(123)": (lambda: minipegx.from_pretrained(123), CheckpointError, "str or os.PathLike"),
+        "from_pretrained(123)": (lambda: minipegx.from_pretrained(123), InputError, "str or os.PathLike"),
+        "from_pretrained(NUL)": (lambda: minipegx.from_pretrained("a\0b"), CheckpointError, "NUL character"),
         "read_state_dict(NUL)": (lambda: read_state_dict("a\0b"), CheckpointError, "NUL character"),
         "from_json_file(NUL bytes)": (lambda: PegasusXConfig.from_json_file(b"/tmp\0"), ConfigError, "NUL"),
         "Tokenizer(None)": (lambda: minipegx.Tokenizer(None), TokenizerError, "spiece_model_path must be"),

@@ -1,85 +1,94 @@
-"""The teaching notebooks run top to bottom, offline, and are committed without outputs.
+"""The teaching notebooks: jupytext sources paired with output-free .ipynb files, linted, and executed.
 
-Each notebook is executed with nbclient on a fresh `python3` kernel (the interpreter running pytest),
-in notebooks/, with a per-cell timeout; any error fails the test. The committed .ipynb files must
-carry no outputs (outputs are personal, large, and go stale) and must equal what
-notebooks/build_notebooks.py writes, so the builder stays the one place the notebooks are edited.
-Together the five take about a minute on two CPU cores.
+Each notebook is a pair (notebooks/jupytext.toml): `NN_name.py`, the jupytext percent-format source
+that is edited, diffed and linted like code, and `NN_name.ipynb`, what students open. These tests
+check that the pair agrees cell for cell, that the .ipynb carries no outputs, and that the sources
+pass ruff. Running them is nbmake's job: pyproject's `addopts = "--nbmake"` with `notebooks` in
+`testpaths` makes `python3 -m pytest -q` execute every .ipynb top to bottom on a fresh kernel in
+notebooks/ (about 5 s each on two CPU cores); any error, including a failed `assert` that pins a
+number the prose states, fails that notebook's test.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import subprocess
 import sys
-import time
 from pathlib import Path
 
+import jupytext
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
-CELL_TIMEOUT = 300            # seconds per cell: the slowest cell takes a few seconds; room for slow CI machines
-NEEDS_REFERENCE = {"04_parity_exercise.ipynb"}   # compares with transformers (the test extra)
+SOURCES = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 
 
-def load_builder():
-    spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOKS / "build_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def cells(notebook):
+    """(type, source) of every cell, the form in which a .py and its .ipynb must agree."""
+    return [(c.cell_type, c.source.strip()) for c in notebook.cells]
 
 
-def test_the_five_notebooks_are_there():
-    assert NAMES == ["01_architecture.ipynb", "02_attention.ipynb", "03_decoding.ipynb",
-                     "04_parity_exercise.ipynb", "05_long_inputs.ipynb"]
+def test_every_notebook_is_a_py_source_paired_with_an_ipynb():
+    assert SOURCES == ["01_architecture.py", "02_attention.py", "03_decoding.py",
+                       "04_parity_exercise.py", "05_long_inputs.py"]
+    ipynbs = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    assert ipynbs == [s.replace(".py", ".ipynb") for s in SOURCES]
+    assert 'formats = "ipynb,py:percent"' in (NOTEBOOKS / "jupytext.toml").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_committed_notebook_has_no_outputs(name):
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+@pytest.mark.parametrize("source", SOURCES)
+def test_ipynb_has_the_cells_of_its_py_source(source):
+    ipynb = NOTEBOOKS / source.replace(".py", ".ipynb")
+    mine, theirs = cells(jupytext.read(NOTEBOOKS / source)), cells(nbformat.read(ipynb, as_version=4))
+    differ = [i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b]
+    assert len(mine) == len(theirs) and not differ, (
+        f"{ipynb.name} is out of sync with {source} ({len(theirs)} vs {len(mine)} cells, first differing "
+        f"cell {differ[:1]}): edit the .py and run `jupytext --sync notebooks/{source}`")
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_committed_ipynb_has_no_outputs(source):
+    nb = nbformat.read(NOTEBOOKS / source.replace(".py", ".ipynb"), as_version=4)
     nbformat.validate(nb)
     dirty = [i for i, c in enumerate(nb.cells)
              if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
-    assert not dirty, f"{name}: cells {dirty} carry outputs; strip them (rebuild with notebooks/build_notebooks.py)"
+    assert not dirty, f"{source}: cells {dirty} of the .ipynb carry outputs; clear them before committing"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_committed_notebook_equals_the_builder_output(name, tmp_path):
-    builder = load_builder()
-    builder.build(name, builder.NOTEBOOKS[name], out_dir=tmp_path)
-    assert (tmp_path / name).read_text(encoding="utf-8") == (NOTEBOOKS / name).read_text(encoding="utf-8"), \
-        f"{name} differs from notebooks/build_notebooks.py: edit the builder and run it, not the .ipynb"
+def test_notebook_sources_pass_ruff():
+    """Undefined or unused names, syntax errors: the checks pyproject's [tool.ruff] selects."""
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "notebooks"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_top_to_bottom(name, monkeypatch):
-    pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    pytest.importorskip("matplotlib")
-    if name in NEEDS_REFERENCE:
-        pytest.importorskip("torch")
-        pytest.importorskip("transformers")
-    from nbclient import NotebookClient
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_notebook_that_draws_shows_its_figures(source):
+    """Without `%matplotlib inline` a returned Figure prints as text instead of a picture."""
+    code = [c.source for c in jupytext.read(NOTEBOOKS / source).cells if c.cell_type == "code"]
+    if any("viz.plot_" in c for c in code):
+        assert "%matplotlib inline" in code[0], f"{source}: the first code cell must say %matplotlib inline"
 
-    # The python3 kernelspec usually runs `python` from PATH: make that the interpreter running the tests.
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
-    start = time.perf_counter()
-    client.execute()          # raises CellExecutionError, naming the cell, on any error
-    elapsed = time.perf_counter() - start
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
-    # Every figure cell must show its figure (a Figure without `%matplotlib inline` prints as text).
-    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    if any("viz.plot_" in c.source for c in nb.cells if c.cell_type == "code"):
-        assert images > 0, f"{name} draws figures but none was displayed"
-    print(f"{name}: {elapsed:.1f} s")
+
+def test_the_test_run_executes_the_notebooks(pytestconfig):
+    """CI runs plain `python3 -m pytest -q`: pyproject must turn nbmake on and collect notebooks/."""
+    assert pytestconfig.getoption("nbmake"), "add --nbmake to [tool.pytest.ini_options] addopts"
+    assert "notebooks" in pytestconfig.getini("testpaths")
+
+
+def test_notebook_03_document_is_the_demo_tasks_seed_32():
+    """Notebook 03 embeds its document (the kernel cannot import tools/); it must stay the one it cites."""
+    import ast
+    import random
+
+    from tools.demo_data import make_example
+
+    source = ast.parse((NOTEBOOKS / "03_decoding.py").read_text(encoding="utf-8"))
+    values = {node.targets[0].id: ast.literal_eval(node.value) for node in source.body
+              if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("DOCUMENT", "TRUE_SUMMARY")}
+    assert (values["DOCUMENT"], values["TRUE_SUMMARY"]) == make_example(random.Random(32), 150)
 
 
 # ------------------------------------------------------------------------------------------- docs

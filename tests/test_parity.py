@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from reference import hf_model, max_err, pair, random_batch, t, tiny_kwargs, torch
 
 import minipegx.model as mm
+from minipegx.tolerances import LOGITS, TINY_FP32
 
-LOGITS_TOL = 1e-4     # fp32 logits, as the issue demands
-ACT_TOL = 1e-5        # fp32 activations of tiny models
+LOGITS_TOL = LOGITS.atol      # fp32 logits (minipegx.tolerances: the ladder and its reasons)
+ACT_TOL = TINY_FP32.atol      # fp32 activations of tiny models
 
 
 def run_both(ref, model, ids, mask, dec, **kw):

@@ -11,6 +11,8 @@ import os
 import numpy as np
 import pytest
 
+from minipegx.tolerances import REAL_CHECKPOINT
+
 CKPT = os.environ.get("MINIPEGX_REAL_CHECKPOINT")
 pytestmark = [pytest.mark.real_checkpoint,
               pytest.mark.skipif(not CKPT, reason="opt-in: set MINIPEGX_REAL_CHECKPOINT to a checkpoint directory")]
@@ -34,7 +36,7 @@ def test_real_checkpoint_agrees_layer_by_layer(both):
     ref, model, tok = both
     batch = tok([TEXT], return_tensors="np")
     report = parity.compare(None, batch["input_ids"], batch["attention_mask"], steps=2, model=model,
-                            reference=ref, atol=1e-3, rtol=1e-4)
+                            reference=ref, atol=REAL_CHECKPOINT.atol, rtol=REAL_CHECKPOINT.rtol)
     print(report)
     assert report.ok, str(report)
 

@@ -21,7 +21,6 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 import unicodedata
 import warnings
 
@@ -33,8 +32,7 @@ from hypothesis import strategies as st
 from minipegx.errors import MiniPegxWarning, TokenizerError, TruncationWarning
 from minipegx.tokenizer import OFFSET, SPECIAL_TOKENS, Tokenizer
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-from train_spm import train_spm  # noqa: E402
+from tools.train_spm import train_spm
 
 # A few KB of text in several scripts: enough for a 300-piece unigram model with real subwords.
 CORPUS = """\
@@ -416,7 +414,7 @@ def test_missing_directory_raises(tmp_path):
 
 def test_directory_without_spiece_model_raises_with_the_fix(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{}")
-    with pytest.raises(TokenizerError, match="no spiece.model.*tokenizer.json.*train_spm.py"):
+    with pytest.raises(TokenizerError, match=r"no spiece.model.*tokenizer.json.*tools.train_spm"):
         Tokenizer.from_pretrained(tmp_path)
 
 

@@ -21,12 +21,13 @@ from minipegx.checkpoint import expected_shapes, unflatten_params  # noqa: E402
 from minipegx.config import PegasusXConfig  # noqa: E402
 from minipegx.errors import BackendError, InputError  # noqa: E402
 from minipegx.model import PegasusX  # noqa: E402
+from minipegx.tolerances import TINY_FP32  # noqa: E402
 
 TINY = dict(vocab_size=163, d_model=16, encoder_layers=3, decoder_layers=2, encoder_attention_heads=2,
             decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_global_tokens=2,
             block_size=4, max_position_embeddings=128, activation_function="relu")
 # Probabilities are float32 softmaxes of O(1) scores: 1e-5 is a few ulps of a probability.
-TOL = 1e-5
+TOL = TINY_FP32.atol  # minipegx.tolerances
 
 
 def tiny_model(seed=0, **overrides):
@@ -367,3 +368,20 @@ def test_to_bertviz_shapes_and_limit():
     assert dec is None and cross is None and enc[1].shape == (1, H, G + 13, G + 13)
     with pytest.raises(InputError, match="plot_attention"):
         viz.to_bertviz(out, cfg, ["t"] * 600)
+
+
+@pytest.mark.parametrize("stagger,use_global,T,pixels", [(True, True, 40, 7), (True, False, 300, 50),
+                                                         (False, False, 97, 10), (True, False, 13, 100)])
+def test_influence_tiles_pool_the_dense_hops_without_building_them(stagger, use_global, T, pixels):
+    """The tiles plot_influence draws, made from the atoms, equal the min-pooling of the full [T, T] hops."""
+    from minipegx.viz.patterns import influence_tiles
+
+    cfg = PegasusXConfig(**TINY).replace(stagger_local_blocks=stagger)
+    hops = viz.influence_hops(cfg, T, use_global)
+    top = max(int(hops.max()), 1)
+    s = -(-T // pixels)
+    m = -(-T // s)
+    dense = np.pad(np.where(hops < 0, top + 1, hops), ((0, m * s - T),) * 2, constant_values=top + 1)
+    tiles, s_got, top_got = influence_tiles(cfg, T, use_global, max_pixels=pixels)
+    assert (s_got, top_got) == (s, top)
+    np.testing.assert_array_equal(tiles, dense.reshape(m, s, m, s).min(axis=(1, 3)))

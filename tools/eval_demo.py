@@ -1,6 +1,6 @@
 """Held-out evaluation of the demo PEGASUS-X (a tool, not the runtime).
 
-    python tools/eval_demo.py --model minipegx/data/demo --out eval_demo.json
+    python -m tools.eval_demo --model minipegx/data/demo --out eval_demo.json
 
 Documents come from tools/demo_data.py with EVAL_SEED, a seed stream disjoint from training's
 (training draws step i from SEED * 1_000_003 + i, see tools/train_demo.py), so no evaluated document
@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import demo_data  # noqa: E402
+from tools import demo_data
 
 EVAL_SEED = 987_654_321
 HOW = ("tools/eval_demo.py: held-out documents from tools/demo_data.py with eval seed 987654321 (training draws "

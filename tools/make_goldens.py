@@ -1,7 +1,7 @@
 """Write the golden fixtures under tests/goldens/: a tiny random PEGASUS-X saved by transformers and
 the reference's own outputs on fixed inputs, so an install without torch still checks numbers.
 
-    python tools/make_goldens.py        # needs transformers + torch==2.13.0 (CPU)
+    python -m tools.make_goldens        # needs transformers + torch==2.13.0 (CPU)
 
 The tiny model exercises the hard parts: block_size 4, 2 global tokens, stagger on, 3 encoder layers,
 a batch whose second row is padded, and a length (13) that is not a multiple of the block size.

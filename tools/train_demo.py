@@ -1,7 +1,7 @@
 """Train the small demo PEGASUS-X that ships as minipegx's default model (a tool, not the runtime).
 
-    python tools/train_demo.py --out minipegx/data/demo            # the full recipe (~43 min on 2 idle CPU cores)
-    python tools/train_demo.py --out /tmp/pilot --pilot            # a 2-3 minute check that loss falls
+    python -m tools.train_demo --out minipegx/data/demo            # the full recipe (~43 min on 2 idle CPU cores)
+    python -m tools.train_demo --out /tmp/pilot --pilot            # a 2-3 minute check that loss falls
 
 Steps, all seeded (see docs/demo_model.md):
   1. generate text with tools/demo_data.py and train a sentencepiece vocabulary in Pegasus' layout
@@ -25,12 +25,11 @@ import math
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import demo_data  # noqa: E402
+from tools import demo_data
+from tools.train_spm import train_spm
 
 SEED = 1234
 EXAMPLE_SEED = 2024             # the bundled example document (a stream neither training nor eval uses)
@@ -102,24 +101,12 @@ GENERATION = dict(
 
 
 def train_sentencepiece(out_dir: str) -> str:
-    """spiece.model in Pegasus' layout. Uses tools/train_spm.py when present, else sentencepiece directly."""
+    """spiece.model in Pegasus' layout, through the project's tokenizer recipe (tools/train_spm.py)."""
     texts = []
     for doc, summ in demo_data.make_dataset(SEED + 1, SPM_TEXT_DOCS, 300, 2000):
         texts += doc.split("\n\n") + [summ]
     prefix = os.path.join(out_dir, "spiece")
-    try:
-        from train_spm import train_spm  # the project's tokenizer recipe, if it exists yet
-        train_spm(texts, prefix, vocab_size=SPM_VOCAB)
-    except ImportError:
-        import sentencepiece as spm
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-            f.write("\n".join(texts))
-        spm.SentencePieceTrainer.train(
-            input=f.name, model_prefix=prefix, vocab_size=SPM_VOCAB, model_type="unigram",
-            pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-            input_sentence_size=0, shuffle_input_sentence=False, seed_sentencepiece_size=100000,
-            num_threads=1, minloglevel=2, hard_vocab_limit=False)
-        os.unlink(f.name)
+    train_spm(texts, prefix, vocab_size=SPM_VOCAB)
     for ext in (".vocab",):
         if os.path.exists(prefix + ext):
             os.unlink(prefix + ext)

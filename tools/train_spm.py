@@ -16,7 +16,7 @@ As a library (tools/train_demo.py does this)::
 
 As a script::
 
-    python tools/train_spm.py corpus.txt out/spiece --vocab-size 8000
+    python -m tools.train_spm corpus.txt out/spiece --vocab-size 8000
 """
 
 from __future__ import annotations

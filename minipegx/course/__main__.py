@@ -1,0 +1,3 @@
+from .grade import main
+
+raise SystemExit(main())

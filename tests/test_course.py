@@ -1,0 +1,338 @@
+"""The course kit: replacing a layer function reaches the model, check_function grades a student's function
+(and names the cause of a planted bug), and the otter autograder grades notebooks into a CSV.
+
+Tolerances: check_function's own (TINY_FP32 per function, LOGITS in place), from minipegx.tolerances.
+"""
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minipegx
+from minipegx import decoder, encoder, generate, layers, parity
+from minipegx.course import NAMES, check_function
+from minipegx.course.cases import REFERENCE
+from minipegx.course.grade import RUBRIC, SOLUTIONS, STUDENT, grade, strip_solutions, student_notebook
+
+EXERCISES = Path(__file__).resolve().parents[1] / "notebooks" / "exercises"
+GOLDENS = Path(__file__).parent / "goldens"
+
+# Every public function the model calls, by the module that defines it.
+PUBLIC = {layers: ["linear", "layer_norm", "activation", "ffn", "embed_tokens", "sinusoidal_positions", "softmax",
+                   "split_heads", "merge_heads", "additive_mask"],
+          encoder: ["attend", "global_local_attention", "stagger", "encoder_layer"],
+          decoder: ["attention", "self_attention", "cross_kv", "cross_attention", "decoder_layer", "causal_mask"]}
+
+
+def bump(name, out):
+    """A wrong result: no mask at all for the masks, else the first array of the output times 1.5 plus 0.25
+    (a constant added to a mask would change nothing: softmax ignores a shift of a whole row)."""
+    if isinstance(out, tuple):
+        return (bump(name, out[0]),) + out[1:]
+    return np.zeros_like(out) if name.endswith("mask") else out * 1.5 + 0.25
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = minipegx.from_pretrained(GOLDENS / "tiny")
+    golden = dict(np.load(GOLDENS / "tiny_outputs.npz"))
+    return model, golden
+
+
+def logits(model, golden):
+    return model(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"],
+                 labels=golden["labels"]).logits
+
+
+@pytest.mark.parametrize("module, name", [(m, n) for m, names in PUBLIC.items() for n in names])
+def test_a_replaced_function_changes_the_model_and_is_restored(tiny, module, name):
+    model, golden = tiny
+    original = getattr(module, name)
+    before = logits(model, golden)
+
+    def wrong(*args, **kwargs):
+        return bump(name, original(*args, **kwargs))
+
+    with parity.patched({f"{module.__name__}.{name}": wrong}):
+        changed = logits(model, golden)
+    assert np.abs(changed - before).max() > 1e-3                   # the replacement ran inside the model
+    assert getattr(module, name) is original
+    assert all(getattr(m, name, original) is original for m in (layers, encoder, decoder, generate))
+    assert np.array_equal(logits(model, golden), before)
+
+
+def test_a_function_named_by_an_importing_module_is_replaced_there_only(tiny):
+    """{"minipegx.decoder.sinusoidal_positions": fn} changes the decoder's positions, not the encoder's,
+    and fn may call minipegx.layers.sinusoidal_positions, which stays the original."""
+    model, golden = tiny
+    before = model(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"], labels=golden["labels"])
+
+    def shifted(start, length, dim, xp, dtype="float32"):
+        return layers.sinusoidal_positions(start + 1, length, dim, xp, dtype)
+
+    with parity.patched({"minipegx.decoder.sinusoidal_positions": shifted}):
+        after = model(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"], labels=golden["labels"])
+        assert encoder.sinusoidal_positions is layers.sinusoidal_positions is not shifted
+    assert np.array_equal(after.encoder_last_hidden_state, before.encoder_last_hidden_state)
+    assert np.abs(after.logits - before.logits).max() > 1e-3
+
+
+def test_a_replaced_precision_seam_runs_the_students_function(tiny):
+    """layer_norm is wrapped by precision.float32_inside; the student's plain function is what runs."""
+    model, golden = tiny
+    calls, textbook = [], layers.layer_norm.textbook
+
+    def student_layer_norm(x, p, eps=1e-5):
+        calls.append(x.shape)
+        return textbook(x, p, eps)
+
+    with parity.patched({"minipegx.layers.layer_norm": student_layer_norm}):
+        out = logits(model, golden)
+    # 3 encoder layers x 4 (tokens' and globals' attention and FFN), the final one; 2 decoder layers x 3, the final one
+    assert len(calls) == 4 * 3 + 1 + 3 * 2 + 1
+    assert np.abs(out - golden["logits"]).max() <= minipegx.tolerances.LOGITS.atol
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_minipegx_own_function_passes(name):
+    result = check_function(name, REFERENCE[name], with_transformers=False)
+    assert result.passed, result.message
+    assert result.message.startswith(f"{name}: passed")
+
+
+def test_without_torch_the_check_needs_no_reference(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)          # as on a student's machine: import torch fails
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    result = check_function("stagger", REFERENCE["stagger"])
+    assert result.passed and "transformers" not in result.message, result.message
+
+
+def test_the_transformers_check_runs_when_asked():
+    pytest.importorskip("transformers")
+    result = check_function("layer_norm", REFERENCE["layer_norm"], with_transformers=True)
+    assert result.passed and "with transformers'" in result.message, result.message
+
+
+# ------------------------------------------------------------------------------------------ planted bugs
+def unbiased_layer_norm(x, p, eps=1e-5):
+    y = x - x.mean(-1, keepdims=True)
+    return y / np.sqrt(y.var(-1, ddof=1, keepdims=True) + eps) * p["weight"] + p["bias"]
+
+
+def tanh_gelu_ffn(x, p, act):
+    return layers.ffn(x, p, "gelu_new" if act == "gelu" else act)
+
+
+def softmax_without_max(s):
+    e = np.exp(s)
+    return e / e.sum(-1, keepdims=True)
+
+
+def sinusoid_over_half(start, length, dim, xp, dtype="float32"):
+    freq = np.exp(-math.log(10000.0) * np.arange(dim // 2) / (dim // 2))
+    angle = np.arange(start, start + length)[:, None] * freq
+    return np.concatenate([np.sin(angle), np.cos(angle)], -1).astype(dtype)
+
+
+def stagger_unmasked(x, mask, block_size):
+    h = block_size // 2
+    return np.pad(x, ((0, 0), (h, h), (0, 0))), np.pad(mask, ((0, 0), (h, h)))
+
+
+def attention_with_row_0_mask(x, g, mask, p, num_heads, block_size, output_attentions=True):
+    return REFERENCE["global_local_attention"](x, g, np.repeat(mask[:1], len(mask), 0), p, num_heads, block_size,
+                                               output_attentions)
+
+
+def encoder_layer_never_staggered(x, g, mask, p, config, staggered, trace=None, name="", output_attentions=True):
+    return REFERENCE["encoder_layer"](x, g, mask, p, config, False, trace, name, output_attentions)
+
+
+def self_attention_ignoring_the_cache(x, p, num_heads, mask, cache=None):
+    return REFERENCE["self_attention"](x, p, num_heads, mask[..., -x.shape[1]:], None)
+
+
+def cross_kv_swapped(encoder_hidden, p, num_heads):
+    k, v = REFERENCE["cross_kv"](encoder_hidden, p, num_heads)
+    return v, k
+
+
+def cross_attention_first_input_only(x, kv, p, num_heads, mask):
+    k, v = kv
+    return REFERENCE["cross_attention"](x, (k[:1].repeat(len(k), 0), v[:1].repeat(len(v), 0)), p, num_heads, mask)
+
+
+def beam_step_top_w(state, log_probs, opts, rng=None):
+    new, (tokens, parents, scores, kept, finished) = REFERENCE["beam_step"](state, log_probs, opts, rng)
+    W = state.running.shape[1]
+    return new, (tokens[:, :W], parents[:, :W], scores[:, :W], kept[:, :W], finished[:, :W])
+
+
+PLANTED = [
+    ("layer_norm", unbiased_layer_norm, "the unbiased variance"),
+    ("ffn", tanh_gelu_ffn, "the tanh approximation of GELU"),
+    ("softmax", softmax_without_max, "NaN or inf"),
+    ("sinusoidal_positions", sinusoid_over_half, "M/2 - 1"),
+    ("stagger", stagger_unmasked, "the padding left unmasked"),
+    ("global_local_attention", attention_with_row_0_mask, "only batch row 1, the padded row, differs"),
+    ("encoder_layer", encoder_layer_never_staggered, "blocks not shifted"),
+    ("self_attention", self_attention_ignoring_the_cache, "a cache (k, v) holds the past steps"),
+    ("cross_kv", cross_kv_swapped, "k_proj and v_proj"),
+    ("cross_attention", cross_attention_first_input_only, "rows b*R .. b*R+R-1 are input b's beams"),
+    ("beam_step", beam_step_top_w, "the 2W best continuations"),
+]
+
+
+@pytest.mark.parametrize("name, fn, cause", PLANTED, ids=[p[0] for p in PLANTED])
+def test_a_planted_bug_fails_with_its_function_and_cause_named(name, fn, cause):
+    result = check_function(name, fn, with_transformers=False)
+    assert not result.passed
+    assert result.message.startswith(f"{name}: FAILED on its own, case:"), result.message
+    assert cause in result.message, result.message
+
+
+def test_a_difference_names_the_first_index_and_the_tolerance():
+    message = check_function("layer_norm", unbiased_layer_norm, with_transformers=False).message
+    assert "output [2, 10, 16] first differs at [b=0, t=0, m=0]" in message
+    assert "320 of 320 entries differ" in message and "tolerance TINY_FP32: 1e-05" in message
+
+
+def test_an_exception_in_the_students_code_shows_their_line():
+    def layer_norm(x, p, eps=1e-5):
+        mean = x.mean(axis=3)                     # the student's bug: no axis 3
+        return mean
+
+    result = check_function("layer_norm", layer_norm, with_transformers=False)
+    assert not result.passed
+    assert "it raised AxisError" in result.message
+    assert "in layer_norm:\n    mean = x.mean(axis=3)" in result.message
+    assert __file__ in result.message
+
+
+def test_a_function_right_on_its_own_but_wrong_in_the_model_fails_in_place():
+    def layer_norm(x, p, eps=1e-5):               # wrong only at the demo model's width, M = 128
+        y = REFERENCE["layer_norm"](x, p, eps)
+        return y * 1.01 if x.shape[-1] == 128 else y
+
+    result = check_function("layer_norm", layer_norm, with_transformers=False)
+    assert not result.passed
+    assert result.message.startswith("layer_norm: FAILED in place (compared with minipegx's own functions)")
+    assert "logits [2, 3, 784] first differs" in result.message
+
+
+def test_not_a_function_fails_without_raising():
+    assert not check_function("ffn", None).passed
+
+
+def test_an_unknown_name_is_the_callers_error():
+    with pytest.raises(minipegx.InputError, match="check_function knows layer_norm"):
+        check_function("layer_nrom", unbiased_layer_norm)
+
+
+# ------------------------------------------------------------------------------------- notebooks, grader
+def test_the_student_version_replaces_each_solution_block_by_a_scaffold():
+    student = strip_solutions((EXERCISES / SOLUTIONS).read_text(encoding="utf-8"))
+    assert "### BEGIN SOLUTION" not in student and "### END SOLUTION" not in student
+    assert student.count("    # YOUR CODE HERE\n    raise NotImplementedError\n") == len(RUBRIC)
+
+
+def cells(notebook):
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in notebook.cells]
+
+
+@pytest.mark.parametrize("ipynb", [Path(SOLUTIONS).with_suffix(".ipynb").name, STUDENT])
+def test_each_exercise_ipynb_is_built_from_the_solutions_source_without_outputs(ipynb):
+    jupytext = pytest.importorskip("jupytext")
+    import nbformat
+
+    source = (EXERCISES / SOLUTIONS).read_text(encoding="utf-8")
+    want = student_notebook(source) if ipynb == STUDENT else jupytext.reads(source, fmt="py:percent")
+    nb = nbformat.read(EXERCISES / ipynb, as_version=4)
+    assert cells(nb) == cells(want), "run: python -m minipegx.course build notebooks/exercises"
+    assert not any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code")
+    assert sum("otter_ignore" in tags for _, _, tags in cells(nb)) == len(RUBRIC)   # the check cells
+
+
+def test_each_exercise_heading_states_its_rubric_points():
+    text = (EXERCISES / SOLUTIONS).read_text(encoding="utf-8")
+    headings = [line for line in text.splitlines() if line.startswith("# ## Exercise")]
+    stated = [int(n) for h in headings for n in h.split("(")[1].split(" point")[0].split(" + ")]
+    assert stated == list(RUBRIC.values())
+    assert [line.split("check_function(")[1].split(",")[0].strip('"') for line in text.splitlines()
+            if line.startswith("check_function(")] == list(RUBRIC)
+
+
+def planted_submission(folder, name, old, new):
+    """The solutions notebook with one line replaced: a student's submission with one bug."""
+    import jupytext
+
+    source = (EXERCISES / SOLUTIONS).read_text(encoding="utf-8")
+    assert source.count(old) == 1
+    jupytext.write(jupytext.reads(source.replace(old, new), fmt="py:percent"), folder / f"{name}.ipynb")
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    pytest.importorskip("otter")
+    folder = tmp_path_factory.mktemp("submissions")
+    (folder / "perfect").mkdir()
+    (folder / "perfect" / "alice.ipynb").write_bytes((EXERCISES / Path(SOLUTIONS).with_suffix(".ipynb")).read_bytes())
+    planted_submission(folder, "bob", "var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)",
+                       "var = x.var(axis=-1, ddof=1, keepdims=True)")
+    planted_submission(folder, "carol", "    N, D = P // K, M // H\n",
+                       "    N, D = P // K, M // H\n    mask = np.repeat(mask[:1], B, axis=0)\n")
+    out = folder / "grades.csv"
+    grade(folder, out)
+    with open(out, newline="", encoding="utf-8") as f:
+        return {row["submission"]: row for row in csv.DictReader(f)}
+
+
+def test_the_solutions_get_full_marks(graded):
+    row = graded[str(Path("perfect") / "alice.ipynb")]
+    assert int(row["total"]) == int(row["possible"]) == sum(RUBRIC.values()) == 26
+    assert row["feedback"] == ""
+
+
+@pytest.mark.parametrize("submission, name, cause", [
+    ("bob.ipynb", "layer_norm", "the unbiased variance"),
+    ("carol.ipynb", "global_local_attention", "only batch row 1, the padded row, differs")])
+def test_a_planted_bug_loses_exactly_its_exercise_points(graded, submission, name, cause):
+    row = graded[submission]
+    assert int(row[name]) == 0
+    assert all(int(row[other]) == points for other, points in RUBRIC.items() if other != name)
+    assert int(row["total"]) == sum(RUBRIC.values()) - RUBRIC[name]
+    assert row["feedback"].startswith(f"{name}: FAILED on its own") and cause in row["feedback"]
+
+
+def test_the_build_command_rewrites_the_committed_notebooks_byte_for_byte(tmp_path, capsys):
+    pytest.importorskip("jupytext")
+    from minipegx.course.grade import main
+
+    (tmp_path / SOLUTIONS).write_bytes((EXERCISES / SOLUTIONS).read_bytes())
+    assert main(["build", str(tmp_path)]) == 0
+    for ipynb in (Path(SOLUTIONS).with_suffix(".ipynb").name, STUDENT):
+        assert (tmp_path / ipynb).read_bytes() == (EXERCISES / ipynb).read_bytes()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_grading_a_folder_without_notebooks_says_so(tmp_path):
+    from minipegx.course.grade import main
+
+    with pytest.raises(minipegx.InputError, match="no .ipynb submissions under"):
+        main(["grade", str(tmp_path), "--out", str(tmp_path / "grades.csv")])
+
+
+def test_a_beam_step_wrong_only_at_the_models_vocabulary_fails_in_place():
+    def beam_step(state, log_probs, opts, rng=None):      # right for V = 12 (its own case), not for V = 784
+        if log_probs.shape[-1] > 100:
+            log_probs = log_probs[:, ::-1].copy()
+        return REFERENCE["beam_step"](state, log_probs, opts, rng)
+
+    result = check_function("beam_step", beam_step, with_transformers=False)
+    assert result.message.startswith("beam_step: FAILED in place"), result.message
+    assert "beam search ids [2, " in result.message
