@@ -15,16 +15,13 @@ Command line: `python -m minipegx.parity CHECKPOINT --text "..." [--steps 3]` (o
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import sys
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .backend import to_numpy
-from .errors import BackendError, InputError
+from .hf_reference import _reference_modules, load_reference  # noqa: F401  (public here too)
+from .patching import patched  # noqa: F401  (public here too)
 from .tolerances import LONG_INPUTS
 
 # A place diverges when |minipegx - transformers| > ATOL + RTOL * max|transformers|: fp32 summation
@@ -71,67 +68,6 @@ class ParityReport:
 
     def _repr_html_(self):  # notebooks
         return "<pre>" + str(self).replace("<", "&lt;") + "</pre>"
-
-
-def _reference_modules():
-    try:
-        torch = importlib.import_module("torch")
-        transformers = importlib.import_module("transformers")
-    except ImportError as e:
-        raise BackendError("minipegx.parity compares with transformers: pip install 'minipegx[test]' "
-                           "(transformers and torch==2.13.0 CPU)") from e
-    return torch, transformers
-
-
-def load_reference(checkpoint):
-    """transformers' PegasusXForConditionalGeneration from a checkpoint directory, in eval mode, with
-    its progress bars, info logs and tqdm's "IProgress not found" notebook hint silenced (notebooks and
-    reports stay readable)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        _, transformers = _reference_modules()
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-        return transformers.PegasusXForConditionalGeneration.from_pretrained(checkpoint).eval()
-
-
-@contextlib.contextmanager
-def patched(patch):
-    """Temporarily replace functions, e.g. {"minipegx.layers.layer_norm": my_fn}, and put them back on exit.
-
-    Named by its home module (where it is defined: minipegx.layers.layer_norm), a function is replaced
-    wherever minipegx calls it: encoder.py and decoder.py import the layer functions by name
-    (`from .layers import layer_norm`), so the function object is swapped in every loaded minipegx module
-    that binds it. Named by another module ({"minipegx.decoder.sinusoidal_positions": fn}), only that
-    module's use is replaced (here the decoder's positions, not the encoder's). A replaced layer_norm,
-    linear, softmax or activation replaces the precision seam around it too (precision.float32_inside):
-    at float32 the seam is the plain formula, so the model computes the same."""
-    saved = []
-    try:
-        for dotted, fn in (patch or {}).items():
-            module_name, _, attr = dotted.rpartition(".")
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as e:
-                raise InputError(f"cannot patch {dotted}: no module {module_name}") from e
-            if not hasattr(module, attr):
-                raise InputError(f"cannot patch {dotted}: {module_name} has no {attr}")
-            original = getattr(module, attr)
-            home = getattr(original, "__module__", None) == module_name
-            for holder, name in (_bindings(original) if home else []) or [(module, attr)]:
-                saved.append((holder, name, original))
-                setattr(holder, name, fn)
-        yield
-    finally:
-        for holder, name, original in reversed(saved):
-            setattr(holder, name, original)
-
-
-def _bindings(obj):
-    """(module, attribute name) of every loaded minipegx module attribute that is `obj` itself."""
-    return [(module, name) for mod_name, module in list(sys.modules.items())
-            if module is not None and (mod_name == "minipegx" or mod_name.startswith("minipegx."))
-            for name, value in list(vars(module).items()) if value is obj and not name.startswith("__")]
 
 
 def _hook_reference(ref):

@@ -233,7 +233,7 @@ def _logits_check(name, got, want, source):
 
 
 def _in_place(name, fn):
-    from ..parity import patched
+    from ..patching import patched
 
     model, ids, mask, dec = _demo()
     model = dataclasses.replace(model, params=_fresh(model.params))   # a function that writes into weights
@@ -266,7 +266,7 @@ def _transformers_logits(beams):
 
 @lru_cache(maxsize=1)
 def _reference_model(path):
-    from ..parity import load_reference
+    from ..hf_reference import load_reference
 
     return load_reference(path)
 
