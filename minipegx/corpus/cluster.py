@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from ..errors import CorpusError, MissingDependencyError
-from .work import ModelSpec, cached_model, summarize_batch
+from .work import ModelSpec, cached_model, limit_blas_threads, summarize_batch
 
 try:
     import distributed
@@ -32,17 +32,6 @@ except ImportError:                                # pragma: no cover - the [clu
                                  "in this process)") from None
 
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def limit_blas_threads(n: int | None):
-    """Limit this process' BLAS to n threads (threadpoolctl); returns the limiter (keep it alive)."""
-    if not n:
-        return None
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:                            # the environment variables still apply to new workers
-        return None
-    return threadpool_limits(limits=n, user_api="blas")
 
 
 class ModelPlugin(distributed.WorkerPlugin):

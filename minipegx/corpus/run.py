@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CorpusError, TruncationWarning
 from .files import Appender, read_corpus, read_done, repair_output
-from .work import Job, ModelSpec, plan_batches, summarize_batch, token_lengths
+from .work import Job, ModelSpec, limit_blas_threads, plan_batches, summarize_batch, token_lengths
 
 
 @dataclass
@@ -71,11 +71,7 @@ def plan(records, spec, text_field, batch_size, batch_tokens, max_input_length):
 
 def in_process(job, batches, blas_threads=None):
     """Yield [(id, summary)] per batch, computed here, one after another (the reference for Dask runs)."""
-    limits = None
-    if blas_threads:
-        from threadpoolctl import threadpool_limits
-
-        limits = threadpool_limits(limits=blas_threads, user_api="blas")
+    limits = limit_blas_threads(blas_threads)
     try:
         for ids, texts in batches:
             yield summarize_batch(job, ids, texts)

@@ -63,6 +63,21 @@ def summarize_batch(job: Job, ids: list, texts: list) -> list:
     return list(zip(ids, out))
 
 
+def limit_blas_threads(n: int | None):
+    """Limit this process' BLAS to n threads through threadpoolctl (the [cluster] extra); returns the
+    limiter, whose restore_original_limits() undoes it. None (nothing done) when n is None."""
+    if not n:
+        return None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        from ..errors import MissingDependencyError
+
+        raise MissingDependencyError("limiting BLAS threads needs threadpoolctl: pip install 'minipegx[cluster]'"
+                                     ) from None
+    return threadpool_limits(limits=n, user_api="blas")
+
+
 def token_lengths(texts, tokenizer, limit: int) -> list[int]:
     """Tokens each text will have in the model (its encoding, cut to `limit`)."""
     return [min(len(tokenizer.encode(t)), limit) for t in texts]
