@@ -7,8 +7,9 @@ and ROUGE-Lsum F1, Porter stemming on. ROUGE-Lsum is the summary-level LCS over 
 rouge-score takes sentences as the lines of its input, so both sides are split into sentences and
 joined with newlines first, as the PEGASUS evaluation does with nltk's punkt. punkt needs a data
 download that an offline machine does not have, so `split_sentences` is a small rule: a sentence ends at
-., ! or ? (plus closing quotes or brackets) before whitespace, except after a one-letter initial or a
-common abbreviation (Mr., Dr., e.g., et al., Fig. ...); a line break always ends one. ROUGE-1/2/L do
+., ! or ? (plus closing quotes or brackets) before whitespace and a word that does not start in lower
+case, except when the stop ends a one-letter initial, a dotted abbreviation (p.m., U.S.) or a common one
+(Mr., Dr., e.g., et al., Fig. ...); a line break always ends one. ROUGE-1/2/L do
 not see the newlines (rouge-score's tokenizer turns every non-alphanumeric into a space).
 
 Each score is the mean over documents; its 95% interval is a percentile bootstrap over documents
@@ -42,7 +43,9 @@ def split_sentences(text: str) -> list[str]:
         for m in _END.finditer(line):
             word = line[start:m.start()].split()[-1:] or [""]
             word = word[0].lower().lstrip("(\"'")
-            if m.group().startswith(".") and (word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())):
+            after = line[m.end():].lstrip()[:1]
+            if after.islower() or (m.group().startswith(".") and (
+                    word in _ABBREVIATIONS or "." in word or (len(word) == 1 and word.isalpha()))):
                 continue
             sentences.append(line[start:m.end()].strip())
             start = m.end()
