@@ -22,7 +22,7 @@ import pytest
 
 import minipegx
 from minipegx.corpus import files, summarize_corpus
-from minipegx.corpus.work import LOADS, plan_batches
+from minipegx.corpus.work import plan_batches
 from minipegx.errors import CorpusError
 from tools.demo_data import make_example
 
@@ -68,6 +68,13 @@ def client():
 
     with local_cluster(n_workers=2) as cluster, distributed.Client(cluster) as c:
         yield c
+
+
+def loads_in_this_process():
+    """{model path: loads} of the process it runs in (imported there: a global would travel by value)."""
+    from minipegx.corpus import work
+
+    return {spec.path: n for spec, n in work.LOADS.items()}
 
 
 def worker_pids(client):
@@ -160,8 +167,8 @@ def test_a_dask_run_gives_the_one_process_summaries_and_loads_the_model_once_per
         run = summarize_corpus(corpus, out, scheduler=client, batch_size=2, progress=False)
         assert run.written == N_DOCS and run.batches == N_DOCS // 2
         assert read_output(out) == one_process
-    loads = client.run(lambda: dict(LOADS))
-    assert len(loads) == 2 and all(list(n.values()) == [1] for n in loads.values())
+    loads = client.run(loads_in_this_process)
+    assert list(loads.values()) == [{minipegx.demo_model_path(): 1}] * 2
 
 
 def test_a_rerun_skips_what_is_done_and_redoes_a_torn_last_line(corpus, one_process, client, tmp_path):
@@ -231,3 +238,17 @@ def test_the_cli_skips_malformed_lines_with_a_flag_and_lists_them(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"skipped {bad} line 2: not JSON" in r.stderr
     assert set(read_output(out)) == {1, 2}
+
+
+def test_the_corpus_benchmark_runs_every_setting_and_finds_the_same_summaries(tmp_path):
+    out = tmp_path / "bench.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.corpus_bench", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"one process, 1 BLAS thread", f"one process, {os.cpu_count()} BLAS threads",
+                                      "Dask, 1 worker", "Dask, 2 workers"}
+    assert all(r["docs"] == 6 and r["docs_per_second"] > 0 for r in report["results"].values())
+    assert all(report["same_summaries"].values())
+    assert "Dask 2 workers / Dask 1 worker" in report["ratios"]
