@@ -44,6 +44,16 @@ def read_output(path):
     return {r["id"]: r["summary"] for r in rows}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    """This process computes with 1 BLAS thread, as each Dask worker does: on 2 shared cores a second
+    OpenBLAS thread that spins waiting for a core makes the small demo model several times slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     rng = random.Random(18)
