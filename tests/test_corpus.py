@@ -181,6 +181,17 @@ def test_a_dask_run_gives_the_one_process_summaries_and_loads_the_model_once_per
     assert list(loads.values()) == [{minipegx.demo_model_path(): 1}] * 2
 
 
+def blas_threads_in_this_process():
+    from threadpoolctl import threadpool_info
+
+    return sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+
+
+def test_each_worker_process_runs_one_task_with_one_blas_thread(client):
+    assert set(client.nthreads().values()) == {1}
+    assert list(client.run(blas_threads_in_this_process).values()) == [[1], [1]]
+
+
 def test_a_rerun_skips_what_is_done_and_redoes_a_torn_last_line(corpus, one_process, client, tmp_path):
     out = tmp_path / "out.jsonl"
     lines = [json.dumps({"id": i, "summary": s}) + "\n" for i, s in list(one_process.items())[:11]]
