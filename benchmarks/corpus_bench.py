@@ -17,7 +17,9 @@ The clusters are started, and the model loaded on every worker, before the clock
 run on 2 documents), so the figure is the corpus' throughput; the start-up time is recorded apart.
 The machine's load average (os.getloadavg) is recorded before and after each setting: on a shared
 machine, other processes take cores away and the 2-worker figure is the one that suffers. --repeats N
-runs all settings N times, interleaved, and keeps each setting's best run (all are recorded).
+runs all settings N times, interleaved, and keeps each setting's best run (all are recorded). The CPU
+seconds per document (this process plus every worker process) say what the work costs whatever the
+load: equal figures for 1 and 2 workers mean the second worker adds no work of its own.
 Prints ratios and writes benchmarks/results/<name>.json.
 """
 
@@ -53,10 +55,12 @@ def timed(corpus, out, **kwargs):
     """(seconds, summaries, loads before, loads after) of one summarize_corpus run into a fresh file."""
     from minipegx.corpus import summarize_corpus
 
-    before = os.getloadavg()[0]
+    before, cpu = os.getloadavg()[0], time.process_time()
     run = summarize_corpus(corpus, out, progress=False, **kwargs)
+    # This process' CPU: the whole work in one process; the client and the scheduler on a LocalCluster.
     return dict(seconds=run.seconds, docs=run.written, docs_per_second=run.docs_per_second,
-                load_before=before, load_after=os.getloadavg()[0]), read_summaries(out)
+                this_process_cpu_seconds=time.process_time() - cpu, load_before=before,
+                load_after=os.getloadavg()[0]), read_summaries(out)
 
 
 def on_cluster(corpus, warmup, tmp, n_workers, batch_size, repeat=0):
@@ -68,9 +72,12 @@ def on_cluster(corpus, warmup, tmp, n_workers, batch_size, repeat=0):
     with local_cluster(n_workers=n_workers) as cluster, distributed.Client(cluster) as client:
         timed(warmup, os.path.join(tmp, f"warm-{n_workers}-{repeat}.jsonl"), scheduler=client, batch_size=batch_size)
         startup = time.perf_counter() - t0
+        cpu = client.run(time.process_time)
         result, summaries = timed(corpus, os.path.join(tmp, f"dask-{n_workers}-{repeat}.jsonl"), scheduler=client,
                                   batch_size=batch_size)
-    return dict(result, startup_seconds=startup, workers=n_workers, blas_threads=1), summaries
+        workers_cpu = sum(t - cpu[w] for w, t in client.run(time.process_time).items())
+    return dict(result, startup_seconds=startup, workers=n_workers, blas_threads=1,
+                workers_cpu_seconds=workers_cpu), summaries
 
 
 def main(argv=None):
@@ -117,8 +124,12 @@ def main(argv=None):
     print(f"{args.docs} documents of {args.min_tokens}-{args.max_tokens} tokens, batch size {args.batch_size}, "
           f"{cores} cores")
     for name, r in results.items():
-        print(f"  {name:<32} {r['docs_per_second']:7.2f} docs/s  ({r['seconds']:.1f} s; load average "
+        print(f"  {name:<32} {r['docs_per_second']:7.2f} docs/s  ({r['seconds']:.1f} s, this process' CPU "
+              f"{r['this_process_cpu_seconds']:.1f} s; load average "
               f"{r['load_before']:.2f} -> {r['load_after']:.2f}){'' if same[name] else '  DIFFERENT SUMMARIES'}")
+    for name, r in results.items():                # CPU per document: what the work costs, whatever the load
+        r["cpu_seconds_per_doc"] = (r["this_process_cpu_seconds"] + r.get("workers_cpu_seconds", 0)) / r["docs"]
+        print(f"  {name:<32} {r['cpu_seconds_per_doc']:.3f} CPU seconds per document (all processes)")
     for name, v in ratios.items():
         print(f"  ratio {name}: {v:.2f}")
     report = dict(name=args.name, time=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
