@@ -81,7 +81,7 @@ def in_process(job, batches, blas_threads=None):
 
 
 def summarize_corpus(input, output, *, model=None, id_field="id", text_field="text", summary_field="summary",
-                     scheduler=None, workers=None, blas_threads=None, batch_size=8, batch_tokens=16384,
+                     scheduler=None, workers=None, blas_threads=None, batch_size=4, batch_tokens=16384,
                      max_input_length=None, on_malformed="error", progress=True, backend="numpy",
                      dtype="float32", quantize=None, **generation_options) -> CorpusRun:
     """Summarize every document of `input` into `output` (JSON lines {id_field: ..., summary_field: ...}).
