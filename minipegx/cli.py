@@ -1,4 +1,4 @@
-"""The command line: `minipegx summarize`, `minipegx demo`, `minipegx parity`.
+"""The command line: `minipegx summarize`, `minipegx demo`, `minipegx parity`, `minipegx evaluate`.
 
 Errors print one line (`minipegx: error: ...`) and exit non-zero, never a traceback: exit 1 for an
 error, 2 for a usage mistake, 130 for Ctrl-C at any moment (start-up and imports included), 141 when
@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from .corpus import commands as corpus_commands
 from .errors import MiniPegxError
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
@@ -164,6 +165,8 @@ def _main(argv=None):
     s = sub.add_parser("summarize", help="summarize files (or standard input)")
     s.add_argument("files", nargs="*", default=["-"], metavar="FILE", help="text files; '-' reads standard input")
     add_generation_flags(s)
+    corpus_commands.add_corpus_flags(s, positive_int, non_negative_int)
+    corpus_commands.add_evaluate_parser(sub)
     d = sub.add_parser("demo", help="summarize the bundled example document with the bundled demo model")
     add_generation_flags(d)
     p = sub.add_parser("parity", help="compare every intermediate with transformers (needs the test extra)")
@@ -197,6 +200,11 @@ def _main(argv=None):
                 with open(truth, encoding="utf-8") as f:
                     print(f"\nThe true summary:\n{f.read().strip()}")
             return code
+        if args.command == "evaluate":
+            return corpus_commands.run_evaluate(args)
+        if args.input:
+            options = {k: getattr(args, k) for k in GENERATION_FLAGS if getattr(args, k, None) is not None}
+            return corpus_commands.run_corpus(args, options)
         return run_summarize(args, lambda: read_inputs(args.files))
     except MiniPegxError as e:
         print(f"minipegx: error: {e}", file=sys.stderr)

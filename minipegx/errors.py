@@ -47,6 +47,14 @@ class NumericalError(MiniPegxError, FloatingPointError):
     """A forward pass produced inf or NaN; the message names the first layer where it appeared."""
 
 
+class CorpusError(MiniPegxError, ValueError):
+    """A corpus file or its output is unusable: malformed lines, duplicate ids, a locked or corrupt output."""
+
+
+class MissingDependencyError(MiniPegxError, ImportError):
+    """An optional extra (dask for clusters, rouge-score for evaluation, matplotlib for plots) is not installed."""
+
+
 class MiniPegxWarning(UserWarning):
     """Base class of minipegx's warnings: the work goes on, but you should know."""
 
