@@ -230,6 +230,7 @@ def console():
 
 def _guarded(argv, after):
     """_main(argv) under the CLI's rules; then SIGINT's handler is `after` (None: the one before)."""
+    _INTERRUPTED.clear()
     previous = _catch_sigint()
     try:
         try:
@@ -251,7 +252,8 @@ def _guarded(argv, after):
 
 def _report(e: Exception) -> int:
     """One line on stderr for an exception that ended the command; its exit code."""
-    if _caused_by_interrupt(e):  # Ctrl-C inside a C extension's import arrives as ImportError from KeyboardInterrupt
+    if _INTERRUPTED or _caused_by_interrupt(e):  # Ctrl-C inside a C extension's import arrives as an ImportError,
+        # chained to the KeyboardInterrupt or (NumPy's, when the signal lands in its extension) not at all
         _say("minipegx: interrupted")
         return EXIT_INTERRUPTED
     if isinstance(e, BrokenPipeError):
@@ -282,11 +284,15 @@ def _caused_by_interrupt(e: BaseException) -> bool:
     return False
 
 
+_INTERRUPTED = []  # the SIGINTs the handler below has turned into KeyboardInterrupt
+
+
 def _catch_sigint():
     """From here on, the first Ctrl-C raises KeyboardInterrupt and any further one is ignored (so the
     line saying 'interrupted' cannot itself be interrupted). Returns the handler to restore."""
     def interrupted(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _INTERRUPTED.append(signum)  # a library may turn the KeyboardInterrupt into another exception
         raise KeyboardInterrupt
 
     try:
