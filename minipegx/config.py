@@ -71,9 +71,11 @@ class PegasusXConfig:
                      "encoder_attention_heads", "decoder_layers", "decoder_ffn_dim", "decoder_attention_heads",
                      "d_model", "block_size"):
             positive_int(name)
+        # 0 is allowed (transformers accepts it): an encoder of block-local attention only, as in the
+        # demo's no-global ablation sibling (minipegx/data/demo_noglobal).
         if isinstance(self.num_global_tokens, bool) or not isinstance(self.num_global_tokens, int) \
-                or self.num_global_tokens < 1:
-            raise ConfigError(f"config field num_global_tokens must be a positive integer, got "
+                or self.num_global_tokens < 0:
+            raise ConfigError(f"config field num_global_tokens must be a non-negative integer, got "
                               f"{self.num_global_tokens!r}")
         for heads in ("encoder_attention_heads", "decoder_attention_heads"):
             if self.d_model % getattr(self, heads):
