@@ -122,3 +122,9 @@ def test_the_bundled_models_fit_the_package_budget():
     import pathlib
     total = sum(f.stat().st_size for v in DEMO_VARIANTS for f in pathlib.Path(demo_model_path(v)).iterdir())
     assert total <= 20 * 2**20
+
+
+def test_an_unknown_demo_model_is_refused_with_the_choices_named():
+    from minipegx.errors import CheckpointNotFoundError
+    with pytest.raises(CheckpointNotFoundError, match="long_noglobal"):
+        demo_model_path("short")
