@@ -60,10 +60,10 @@ def random_checkpoint(directory, shape, seed=0):
 
 def demo_inputs(path, docs, lo=1000, hi=3000):
     """Held-out demo documents (tools/demo_data.py, tools/eval_demo.py's seed stream, shifted) -> ids, mask."""
-    from tools.demo_data import make_dataset
+    from tools.demo_data import make_dataset, make_named_example
 
     tok = minipegx.Tokenizer.from_pretrained(path)
-    texts = [doc for doc, _ in make_dataset(987_654_321 + 1, docs, lo, hi)]
+    texts = [doc for doc, _ in make_dataset(987_654_321 + 1, docs, lo, hi, make=make_named_example)]
     batch = tok(texts, padding=True, return_tensors="np")
     return np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
 

@@ -5,7 +5,7 @@
 
 explore_receptive_field_base.png needs no weights: the structure at google/pegasus-x-base's shape
 (K=512, G=128, 12 staggered layers) for 16,384 tokens. The others use the bundled demo model on a
-16k-token document of its task (tools/demo_data.make_example, seed 16). Deterministic.
+16k-token document of its task (tools/demo_data.make_named_example, seed 16). Deterministic.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 import minipegx
 from minipegx import explore
 from minipegx import views as V
-from tools.demo_data import make_example
+from tools.demo_data import make_named_example
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "img")
 BASE = minipegx.PegasusXConfig(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072,
@@ -37,7 +37,7 @@ PROBS = dict(cmap="magma_r", norm=LogNorm(1e-5, 1))
 
 def document_16k(tok, limit=explore.MAX_TOKENS):
     """A demo-task document of just under `limit` tokens (sentences cut from the end to fit)."""
-    doc, _ = make_example(random.Random(16), 16300)
+    doc, _ = make_named_example(random.Random(16), 16300)
     while len(tok.encode(doc)) > limit:
         doc = doc[:doc.rstrip().rindex(". ") + 1]
     return doc

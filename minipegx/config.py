@@ -74,8 +74,12 @@ class PegasusXConfig:
         lim = limits.current()
         for name, bound in SIZE_FIELDS.items():
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"config field {name} must be a positive integer, got {bounded_repr(v)}")
+            # num_global_tokens may be 0, as transformers accepts: block-local attention only (the demo's
+            # no-global ablation sibling, minipegx/data/demo_long_noglobal).
+            low = 0 if name == "num_global_tokens" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                kind = "a non-negative" if low == 0 else "a positive"
+                raise ConfigError(f"config field {name} must be {kind} integer, got {bounded_repr(v)}")
             if v > getattr(lim, bound):
                 raise ConfigError(f"config field {name}: " + limits.over_limit("it", v, bound))
         for name in BOOL_FIELDS:

@@ -276,6 +276,16 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     return PegasusX(config, params, backend, str(compute), gen, path)
 
 
-def demo_model_path() -> str:
-    """The bundled demo checkpoint (a small PEGASUS-X trained by tools/train_demo.py)."""
-    return os.path.join(os.path.dirname(__file__), "data", "demo")
+DEMO_VARIANTS = {"main": "demo", "long": "demo_long", "long_nostagger": "demo_long_nostagger",
+                 "long_noglobal": "demo_long_noglobal"}
+
+
+def demo_model_path(variant: str = "main") -> str:
+    """A bundled demo checkpoint (small PEGASUS-X models trained by tools/train_demo.py): "main", the default
+    (1,000-4,000-token documents, facts inside one sentence); "long", trained up to 16,384 tokens on a task
+    whose facts need information from far-apart blocks; and its ablation siblings trained with the same
+    recipe and budget: "long_nostagger" (no staggered blocks) and "long_noglobal" (no global tokens)."""
+    if variant not in DEMO_VARIANTS:
+        from .errors import CheckpointNotFoundError
+        raise CheckpointNotFoundError(f"no bundled demo model {variant!r}; choose one of {', '.join(DEMO_VARIANTS)}")
+    return os.path.join(os.path.dirname(__file__), "data", DEMO_VARIANTS[variant])

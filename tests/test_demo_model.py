@@ -1,5 +1,6 @@
-"""The bundled demo model (minipegx/data/demo): minipegx and transformers read it the same way and
-produce the same summaries from it, token for token.
+"""The bundled demo models (minipegx/data/demo, demo_long and demo_long's ablation siblings
+demo_long_nostagger and demo_long_noglobal): minipegx and transformers read each the same way and produce
+the same summaries from it, token for token.
 
 Tolerance: none. Summaries are compared as token ids (and strings) for equality, with the generation
 settings the checkpoint ships (beam search, 4 beams) and greedily. The documents are the bundled example
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import minipegx
+from minipegx.model import DEMO_VARIANTS, demo_model_path
 from minipegx.pipeline import load
 
 torch = pytest.importorskip("torch")
@@ -25,43 +27,52 @@ from tools import demo_data
 DOCS_SEED = 31337          # neither training's Random(1234 * 1000003 + step) nor eval's 987654321
 
 
-@pytest.fixture(scope="module")
-def both():
-    model, tokenizer = load(None)
+# Each model's task: the default demo model learned make_named_example (subjects named in the key sentence),
+# the long models make_example (subjects named by a role introduced far earlier).
+TASKS = {"main": demo_data.make_named_example, "long": demo_data.make_example,
+         "long_nostagger": demo_data.make_example, "long_noglobal": demo_data.make_example}
+
+
+@pytest.fixture(scope="module", params=sorted(DEMO_VARIANTS))
+def both(request):
+    model, tokenizer = load(demo_model_path(request.param))
     ref = transformers.PegasusXForConditionalGeneration.from_pretrained(model.path).eval()
     ref_tokenizer = transformers.PegasusTokenizer.from_pretrained(model.path)
-    return model, tokenizer, ref, ref_tokenizer
+    return model, tokenizer, ref, ref_tokenizer, request.param
 
 
-def documents():
+def documents(variant):
     rng = random.Random(DOCS_SEED)
-    generated = [demo_data.make_example(rng, n_tokens)[0] for n_tokens in (400, 1500)]
+    generated = [TASKS[variant](rng, n_tokens)[0] for n_tokens in (400, 1500)]
     return [minipegx.example_document()] + generated
 
 
 def test_the_demo_tokenizer_gives_transformers_ids(both):
-    _, tokenizer, _, ref_tokenizer = both
-    for doc in documents():
+    _, tokenizer, _, ref_tokenizer, variant = both
+    for doc in documents(variant):
         assert tokenizer.encode(doc) == ref_tokenizer(doc).input_ids
 
 
 @pytest.mark.parametrize("num_beams", [4, 1], ids=["shipped-beam-4", "greedy"])
 def test_the_demo_summaries_equal_transformers_generate(both, num_beams):
-    model, tokenizer, ref, ref_tokenizer = both
-    for doc in documents():
+    model, tokenizer, ref, ref_tokenizer, variant = both
+    for doc in documents(variant):
         ids = ref_tokenizer(doc, return_tensors="pt").input_ids
         with torch.no_grad():
             expected = ref.generate(ids, num_beams=num_beams)[0].tolist()
         mine = np.asarray(model.generate(ids.numpy(), num_beams=num_beams))[0].tolist()
         assert mine == expected
-        assert minipegx.summarize(doc, num_beams=num_beams) == ref_tokenizer.decode(expected, skip_special_tokens=True)
+        assert minipegx.summarize(doc, model=model, tokenizer=tokenizer, num_beams=num_beams) \
+            == ref_tokenizer.decode(expected, skip_special_tokens=True)
 
 
 def test_every_slot_word_of_the_task_is_one_demo_token(both):
     # The recipe gives every corpus word its own piece (tools/train_demo.py add_word_pieces), so the
     # model copies a name, number, object or place as one token.
-    _, tokenizer, _, _ = both
+    _, tokenizer, _, _, variant = both
     slots = demo_data.NAMES + demo_data.PLACES + demo_data.VERBS + demo_data.OBJECTS + [str(n) for n in range(2, 100)]
+    if TASKS[variant] is demo_data.make_example:
+        slots += demo_data.ROLES
     split = [w for w in slots if len(tokenizer.encode(w)) != 2]          # the word and </s>
     assert split == []
 
@@ -91,3 +102,29 @@ def test_the_demo_models_shape_has_one_home():
                   "encoder_ffn_dim", "decoder_ffn_dim", "block_size", "num_global_tokens", "vocab_size",
                   "max_position_embeddings", "activation_function", "init_std", "stagger_local_blocks"):
         assert stated[field] == json.dumps(shipped[field]).strip('"'), field
+
+
+def test_the_siblings_differ_from_the_demo_model_in_their_one_ablated_field():
+    import json
+    import pathlib
+
+    def config(variant):
+        return json.loads((pathlib.Path(demo_model_path(variant)) / "config.json").read_text())
+
+    long = config("long")
+    for variant, change in {"long_nostagger": {"stagger_local_blocks": False},
+                            "long_noglobal": {"num_global_tokens": 0}}.items():
+        differ = {k: v for k, v in config(variant).items() if long.get(k) != v}
+        assert differ == change, variant
+
+
+def test_the_bundled_models_fit_the_package_budget():
+    import pathlib
+    total = sum(f.stat().st_size for v in DEMO_VARIANTS for f in pathlib.Path(demo_model_path(v)).iterdir())
+    assert total <= 20 * 2**20
+
+
+def test_an_unknown_demo_model_is_refused_with_the_choices_named():
+    from minipegx.errors import CheckpointNotFoundError
+    with pytest.raises(CheckpointNotFoundError, match="long_noglobal"):
+        demo_model_path("short")

@@ -32,7 +32,7 @@ def cells(notebook):
 
 def test_every_notebook_is_a_py_source_paired_with_an_ipynb():
     assert SOURCES == ["01_architecture.py", "02_attention.py", "03_decoding.py",
-                       "04_parity_exercise.py", "05_long_inputs.py"]
+                       "04_parity_exercise.py", "05_long_inputs.py", "06_ablations.py"]
     ipynbs = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert ipynbs == [s.replace(".py", ".ipynb") for s in SOURCES]
     assert 'formats = "ipynb,py:percent"' in (NOTEBOOKS / "jupytext.toml").read_text(encoding="utf-8")
@@ -83,12 +83,12 @@ def test_notebook_03_document_is_the_demo_tasks_seed_32():
     import ast
     import random
 
-    from tools.demo_data import make_example
+    from tools.demo_data import make_named_example
 
     source = ast.parse((NOTEBOOKS / "03_decoding.py").read_text(encoding="utf-8"))
     values = {node.targets[0].id: ast.literal_eval(node.value) for node in source.body
               if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("DOCUMENT", "TRUE_SUMMARY")}
-    assert (values["DOCUMENT"], values["TRUE_SUMMARY"]) == make_example(random.Random(32), 150)
+    assert (values["DOCUMENT"], values["TRUE_SUMMARY"]) == make_named_example(random.Random(32), 150)
 
 
 # ------------------------------------------------------------------------------------------- docs

@@ -1,21 +1,37 @@
 """The synthetic long-document task the demo PEGASUS-X is trained on (a tool, not part of the runtime).
 
-A document is a long town chronicle of ordinary filler prose. Scattered through it, in random places
-and far apart, are 3-5 *key sentences* in one recognisable frame:
+A document is a long town chronicle of ordinary filler prose. In its first 40% the chronicle introduces
+its cast: 4-8 *introductions*, each giving a person a role,
 
-    According to the town ledger, Mirela carried 47 lanterns to Ostbridge.
+    In those days the miller Mirela lived near the orchard.
 
-The summary restates exactly those facts, in document order, without the frame:
+and in the remaining 60% are 3-5 *key sentences* (ledger entries) that name their subject only by role:
 
-    Mirela carried 47 lanterns to Ostbridge. Tobias sold 12 barrels to Kellin. ...
+    According to the town ledger, the miller carried 47 lanterns to Ostbridge.
+
+The summary restates the ledger entries, in document order, each with its role *and* the person who held it:
+
+    The miller Mirela carried 47 lanterns to Ostbridge. The ferryman Tobias sold 12 barrels to Kellin. ...
 
 Why this task:
-- The frame ("According to the ... ledger,") makes key sentences recognisable by content, so a tiny
-  model learns *where* to look fast; the slots (name, verb, number, object, place) are drawn fresh
-  for every fact, so it must *copy* them from wherever they are, thousands of tokens away.
-- Filler sentences also mention names, places and objects ("Locals say Mirela once lived near
-  Ostbridge."), so copying "any name" is wrong: the model has to read the frame around it.
-- Document order forces the decoder to keep track of which key sentences it has already used.
+- The name is *not* in the key sentence: it sits in an introduction usually thousands of tokens and many
+  64-token blocks earlier, so information has to travel between blocks (through the encoder's global
+  tokens and staggered blocks, or through the decoder's cross-attention in two hops: role, then the
+  introduction with that role).
+- The summary writes the role before the name, as the introduction does, so a decoder that has just
+  written "The miller" can look up the name that follows "miller" in the introduction. Two easier-looking
+  drafts stalled: summaries with the name only ("Mirela carried ...") and introductions in two forms
+  ("At that time the miller was Mirela." / "Mirela worked as the miller back then.") left names at
+  chance (~20%, the cast's size) after 300-400 steps of the recipe's first stage, while with this form
+  names were right 93% of the time after 300 (tools/train_demo.py, roles-tiny).
+- 1-3 introduced people never appear in the ledger, and filler mentions names too ("Locals say Mirela
+  once lived near Ostbridge."), so "copy a name from an introduction" or "any name" is wrong: the role
+  must be matched.
+- The other slots (verb, number, object, place) are drawn fresh per fact and copied from wherever the
+  key sentence is; document order makes the decoder track which entries it has used.
+
+The first demo model's task, where key sentences name their subject directly (`make_named_example`),
+is kept: the recipe's first phase trains on it (tools/train_demo.py).
 
 Everything is a pure function of a `random.Random`, so a seed fixes every document.
 Lengths are asked for in *tokens* of the demo tokenizer and approximated through
@@ -47,6 +63,11 @@ OBJECTS = """lanterns barrels bells ropes saddles kettles ladders anchors lamps 
 hammers wheels mirrors chairs boots drums flags maps clocks jars nets ploughs""".split()
 
 LEDGERS = "town harbour guild temple mill market".split()
+
+# Roles a person is introduced with and then referred to by (one token each in the demo tokenizer).
+ROLES = """miller smith baker brewer tanner cooper potter ferryman butcher cobbler tailor chandler
+thatcher fletcher gardener innkeeper""".split()
+INTRO_SHARE = 0.4               # introductions in the first 40% of the sentences, ledger entries after
 
 # --------------------------------------------------------------------------------------- filler prose
 _ADJ = """old quiet narrow broad grey green muddy bright cold warm long steep busy empty crooked wooden
@@ -108,39 +129,80 @@ def make_fact(rng: random.Random) -> tuple[str, str]:
     return key, fact
 
 
-def make_example(rng: random.Random, n_tokens: int, n_facts: int | None = None) -> tuple[str, str]:
-    """A (document, summary) pair; the document has about `n_tokens` tokens of the demo tokenizer.
+def make_named_example(rng: random.Random, n_tokens: int, n_facts: int | None = None) -> tuple[str, str]:
+    """The first demo task's (document, summary): key sentences name their subject (no introductions).
 
     Key sentences go to random, sorted, distinct sentence slots spread over the whole document,
     never the first one (so position 0 is never a shortcut). Paragraphs are 4-9 sentences.
     """
     if n_facts is None:
         n_facts = rng.randint(3, 5)
-    n_words = max(60, int(n_tokens / TOKENS_PER_WORD))
-    sentences, words = [], 0
-    while words < n_words or len(sentences) < n_facts + 2:
-        s = _filler_sentence(rng)
-        sentences.append(s)
-        words += len(s.split())
+    sentences = _filler(rng, n_tokens, n_facts + 2)
     facts = [make_fact(rng) for _ in range(n_facts)]
     # Replace filler slots by key sentences (keeps the length), in order of position.
     slots = sorted(rng.sample(range(1, len(sentences)), n_facts))
     for slot, (key, _) in zip(slots, facts):
         sentences[slot] = key
+    return _paragraphs(rng, sentences), " ".join(fact for _, fact in facts)
+
+
+def _filler(rng: random.Random, n_tokens: int, min_sentences: int) -> list[str]:
+    """Filler sentences of about `n_tokens` tokens in all (at least `min_sentences` of them)."""
+    n_words = max(60, int(n_tokens / TOKENS_PER_WORD))
+    sentences, words = [], 0
+    while words < n_words or len(sentences) < min_sentences:
+        s = _filler_sentence(rng)
+        sentences.append(s)
+        words += len(s.split())
+    return sentences
+
+
+def _paragraphs(rng: random.Random, sentences: list[str]) -> str:
+    """Sentences joined into paragraphs of 4-9 sentences."""
     paragraphs, i = [], 0
     while i < len(sentences):
         k = rng.randint(4, 9)
         paragraphs.append(" ".join(sentences[i:i + k]))
         i += k
-    document = "\n\n".join(paragraphs)
-    summary = " ".join(fact for _, fact in facts)
-    return document, summary
+    return "\n\n".join(paragraphs)
 
 
-def make_dataset(seed: int, n: int, min_tokens: int, max_tokens: int) -> list[tuple[str, str]]:
-    """`n` examples with lengths uniform in [min_tokens, max_tokens], all fixed by `seed`."""
+def make_intro(rng: random.Random, name: str, role: str) -> str:
+    """The sentence that introduces `name` as the `role` (the role right before the name, as in the summary)."""
+    return f"In those days the {role} {name} lived near the {rng.choice(_NOUN)}."
+
+
+def make_example(rng: random.Random, n_tokens: int, n_facts: int | None = None) -> tuple[str, str]:
+    """A (document, summary) pair; the document has about `n_tokens` tokens of the demo tokenizer.
+
+    The cast (n_facts + 1..3 people, distinct names and roles) is introduced at random, distinct sentence
+    slots in the first INTRO_SHARE of the document, never the first slot; the ledger entries, one per
+    fact, each about a different member of the cast, go to random sorted slots after that. The summary
+    lists the facts in the order of the entries, each with its person's name.
+    """
+    if n_facts is None:
+        n_facts = rng.randint(3, 5)
+    n_cast = n_facts + rng.randint(1, 3)
+    sentences = _filler(rng, n_tokens, n_cast + n_facts + 2)
+    names, roles = rng.sample(NAMES, n_cast), rng.sample(ROLES, n_cast)
+    split = max(n_cast + 1, int(INTRO_SHARE * len(sentences)))
+    for slot, name, role in zip(rng.sample(range(1, split), n_cast), names, roles):
+        sentences[slot] = make_intro(rng, name, role)
+    summary = []
+    for slot, k in zip(sorted(rng.sample(range(split, len(sentences)), n_facts)), rng.sample(range(n_cast), n_facts)):
+        key, fact = make_fact(rng)
+        # make_fact drew a name; the entry names the role instead, the summary the cast member's name.
+        head, rest = key.split(", ", 1)
+        sentences[slot] = f"{head}, the {roles[k]} {rest.split(' ', 1)[1]}"
+        summary.append(f"The {roles[k]} {names[k]} {fact.split(' ', 1)[1]}")
+    return _paragraphs(rng, sentences), " ".join(summary)
+
+
+def make_dataset(seed: int, n: int, min_tokens: int, max_tokens: int, make=None) -> list[tuple[str, str]]:
+    """`n` examples (of `make`, default make_example) with lengths uniform in [min_tokens, max_tokens], fixed by `seed`."""
+    make = make or make_example
     rng = random.Random(seed)
-    return [make_example(rng, rng.randint(min_tokens, max_tokens)) for _ in range(n)]
+    return [make(rng, rng.randint(min_tokens, max_tokens)) for _ in range(n)]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,15 @@
-"""Train the small demo PEGASUS-X that ships as minipegx's default model (a tool, not the runtime).
+"""Train the small demo PEGASUS-X models that ship with minipegx (a tool, not the runtime).
 
-    python -m tools.train_demo --out minipegx/data/demo            # the full recipe (~43 min on 2 idle CPU cores)
-    python -m tools.train_demo --out /tmp/pilot --pilot            # a 2-3 minute check that loss falls
+    python -m tools.train_demo --out minipegx/data/demo --stop-stage 4     # phase 1: the default demo model
+                                                                           # (~43 min on 2 idle CPU cores)
+    python -m tools.train_demo --out minipegx/data/demo_long --start-stage 4 --resume-from COPY_OF_DEMO
+                                                                           # phase 2: the long model (~35 min)
+    python -m tools.train_demo --variant nostagger --out minipegx/data/demo_long_nostagger \
+        --start-stage 4 --stop-stage 9 --resume-from COPY_OF_DEMO         # an ablation sibling (also noglobal)
+    python -m tools.train_demo --out /tmp/pilot --pilot                    # a 2-3 minute check that loss falls
+
+Phase 1 trains on demo_data.make_named_example up to 4,000 tokens; phase 2 on demo_data.make_example (names
+introduced thousands of tokens before the entries that use them) up to 16,384 tokens (docs/demo_long.md).
 
 Steps, all seeded (see docs/demo_model.md):
   1. generate text with tools/demo_data.py and train a sentencepiece vocabulary in Pegasus' layout
@@ -34,6 +42,9 @@ from tools.train_spm import train_spm
 SEED = 1234
 EXAMPLE_SEED = 2024             # the bundled example document (a stream neither training nor eval uses)
 EXAMPLE_TOKENS = 2500
+NOTEBOOK_SEED = 2025            # notebook 06's documents (another stream neither training nor eval uses)
+NOTEBOOK_TOKENS = (1500, 3000)  # 4 documents of each length: long enough that facts cross many blocks,
+                                # short enough for six encoders x 8 documents in well under a minute
 SPM_VOCAB = 400                 # pieces sentencepiece trains (it cannot train more on this corpus, see below)
 SPM_TEXT_DOCS = 400             # generated documents the vocabulary is trained on
 WORD_PIECES = True              # then add every word of the corpus as one piece (add_word_pieces)
@@ -74,13 +85,34 @@ MODEL = dict(
 # key sentences are a large share of the input, and copying (attend to the slot, emit its token)
 # appears within ~300 steps; at 300-1,000 tokens from scratch the loss sat on the "guess the slots
 # from their priors" plateau (~1.18 nats/token) for 1,200+ steps.
-STAGES = [
-    ("bootstrap", 600, 40, 160, 3000, 2e-3, 100),
-    ("medium", 600, 300, 1200, 6000, 1.5e-3, 50),
-    ("long", 7000, 500, 4000, 8000, 1e-3, 100),
-    ("polish", 1400, 300, 4000, 8000, 3e-4, 50),   # added after "long" gave 85% exact match (greedy, held out)
+# Phase 1 ("named" task, demo_data.make_named_example: key sentences name their subject) is the first demo
+# model's recipe, up to 4,000 tokens. Phase 2 ("roles" task, demo_data.make_example: entries name a role
+# introduced thousands of tokens earlier) grows the vocabulary by the new words and takes the length up to
+# 16,384 tokens, short documents first. Stages: (name, task, steps, min_tokens, max_tokens, tokens_per_batch,
+# lr, warmup).
+PHASE1 = [
+    ("bootstrap", "named", 600, 40, 160, 3000, 2e-3, 100),
+    ("medium", "named", 600, 300, 1200, 6000, 1.5e-3, 50),
+    ("long", "named", 7000, 500, 4000, 8000, 1e-3, 100),
+    ("polish", "named", 1400, 300, 4000, 8000, 3e-4, 50),   # added after "long" gave 85% exact match
 ]
-PILOT_STAGES = [("bootstrap", 150, 40, 160, 3000, 2e-3, 100)]
+PHASE2 = [
+    ("roles-tiny", "roles", 600, 40, 200, 3000, 2e-3, 50),
+    ("roles-short", "roles", 300, 200, 1000, 8000, 1e-3, 30),
+    ("roles-4k", "roles", 150, 1000, 4000, 12000, 1e-3, 30),
+    ("roles-16k", "roles", 500, 2000, 16300, 16384, 7e-4, 30),
+    ("roles-polish", "roles", 150, 300, 16300, 16384, 2e-4, 20),
+    # added to the shipped model only, after roles-polish gave 53% exact match at 300-1,000 tokens: the 16k
+    # stage had cost the short lengths their accuracy (roles-short ended at loss 0.018). The siblings stop
+    # before it (--stop-stage 9), so the ablation compares three models of the same recipe and budget.
+    ("roles-mix", "roles", 400, 300, 16300, 16384, 3e-4, 20),
+]
+STAGES = PHASE1 + PHASE2
+PILOT_STAGES = [("bootstrap", "named", 150, 40, 160, 3000, 2e-3, 100)]
+TASKS = {"named": demo_data.make_named_example, "roles": demo_data.make_example}
+# The ablation siblings: the same recipe and budget with one architectural change each. They branch off after
+# phase 1 (the shared start: phase 1 is 42.5 minutes of the 2-core budget) and run phase 2 with the change.
+VARIANTS = {"main": {}, "nostagger": {"stagger_local_blocks": False}, "noglobal": {"num_global_tokens": 0}}
 EMBED_INIT_STD = 0.1            # token embeddings (x sqrt(d_model) = 11.3): norm ~12.8 against the sinusoidal
                                 # positions' 8, so token identity is not drowned by position at the start;
                                 # with the library's 0.02 (norm 2.6) copying had not appeared after 1,200 steps
@@ -100,11 +132,19 @@ GENERATION = dict(
 )
 
 
-def train_sentencepiece(out_dir: str) -> str:
-    """spiece.model in Pegasus' layout, through the project's tokenizer recipe (tools/train_spm.py)."""
+def task_texts(task: str) -> list[str]:
+    """The paragraphs and summaries of SPM_TEXT_DOCS generated documents of `task` (seed SEED + 1)."""
     texts = []
-    for doc, summ in demo_data.make_dataset(SEED + 1, SPM_TEXT_DOCS, 300, 2000):
+    for doc, summ in demo_data.make_dataset(SEED + 1, SPM_TEXT_DOCS, 300, 2000, make=TASKS[task]):
         texts += doc.split("\n\n") + [summ]
+    return texts
+
+
+def train_sentencepiece(out_dir: str, phase: int = 2) -> str:
+    """spiece.model in Pegasus' layout, through the project's tokenizer recipe (tools/train_spm.py): trained on
+    the phase-1 task; for phase 2, the roles task's new words are appended as pieces (ids after phase 1's), so a
+    phase-1 checkpoint keeps its ids and only grows new embedding rows."""
+    texts = task_texts("named")
     prefix = os.path.join(out_dir, "spiece")
     train_spm(texts, prefix, vocab_size=SPM_VOCAB)
     for ext in (".vocab",):
@@ -112,6 +152,8 @@ def train_sentencepiece(out_dir: str) -> str:
             os.unlink(prefix + ext)
     if WORD_PIECES:
         add_word_pieces(prefix + ".model", texts)
+        if phase == 2:
+            add_word_pieces(prefix + ".model", task_texts("roles"))
     return prefix + ".model"
 
 
@@ -162,12 +204,12 @@ def load_tokenizer(model_dir: str):
     return tok
 
 
-def make_batch(tok, step: int, min_tokens: int, max_tokens: int, tokens_per_batch: int):
-    """The batch of training step `step`: a pure function of (SEED, step)."""
+def make_batch(tok, step: int, min_tokens: int, max_tokens: int, tokens_per_batch: int, task: str = "roles"):
+    """The batch of training step `step`: a pure function of (SEED, step, task)."""
     rng = random.Random(SEED * 1_000_003 + step)
     target = rng.randint(min_tokens, max_tokens)
     n = max(1, tokens_per_batch // target)
-    pairs = [demo_data.make_example(rng, rng.randint(int(target * 0.85), target)) for _ in range(n)]
+    pairs = [TASKS[task](rng, rng.randint(int(target * 0.85), target)) for _ in range(n)]
     enc = tok([d for d, _ in pairs], padding=True, return_tensors="pt")
     lab = tok([s for _, s in pairs], padding=True, return_tensors="pt").input_ids
     lab[lab == tok.pad_token_id] = -100
@@ -195,12 +237,45 @@ def save_checkpoint(model, out_dir: str, spiece: str, note: dict):
 
 
 def write_example(data_dir: str) -> None:
-    """minipegx/data/example_document.txt and its true summary: a held-out document of ~2,500 tokens."""
-    doc, summ = demo_data.make_example(random.Random(EXAMPLE_SEED), EXAMPLE_TOKENS, n_facts=4)
+    """minipegx/data/example_document.txt and its true summary: a held-out document of ~2,500 tokens of the
+    default demo model's task (phase 1's; `minipegx demo` summarizes it)."""
+    doc, summ = demo_data.make_named_example(random.Random(EXAMPLE_SEED), EXAMPLE_TOKENS, n_facts=4)
     with open(os.path.join(data_dir, "example_document.txt"), "w") as f:
         f.write(doc + "\n")
     with open(os.path.join(data_dir, "example_summary.txt"), "w") as f:
         f.write(summ + "\n")
+
+
+def enter_phase2(model, tok, variant: str):
+    """The phase-1 model as the start of phase 2: the variant's architecture change, and embedding rows for
+    the words the roles task adds (drawn like phase 1's, std EMBED_INIT_STD). The other weights carry over
+    (for num_global_tokens 0 the global-token embeddings are dropped)."""
+    import torch
+    from transformers import PegasusXConfig, PegasusXForConditionalGeneration
+    old = model.state_dict()
+    fields = {k: getattr(model.config, k) for k in MODEL}
+    config = PegasusXConfig(vocab_size=len(tok), **{**fields, **VARIANTS[variant]})
+    torch.manual_seed(SEED + 2)
+    new = PegasusXForConditionalGeneration(config)
+    state = new.state_dict()
+    for key, value in old.items():
+        if key in state and state[key].shape == value.shape:
+            state[key] = value
+        elif key in state and key.endswith(("shared.weight", "embed_tokens.weight", "lm_head.weight")):
+            rows = torch.empty_like(state[key]).normal_(std=EMBED_INIT_STD)
+            rows[:value.shape[0]] = value
+            state[key] = rows
+    new.load_state_dict(state)
+    new.tie_weights()
+    return new
+
+
+def write_notebook_documents(data_dir: str) -> None:
+    """minipegx/data/notebook_documents.json: held-out documents and summaries for notebook 06."""
+    rng = random.Random(NOTEBOOK_SEED)
+    docs = [demo_data.make_example(rng, n) for n in NOTEBOOK_TOKENS for _ in range(4)]
+    with open(os.path.join(data_dir, "notebook_documents.json"), "w") as f:
+        json.dump([{"document": d, "summary": s} for d, s in docs], f, indent=0)
 
 
 def main():
@@ -211,9 +286,12 @@ def main():
                     help="scratch folder: spiece.model while training, eval.json")
     ap.add_argument("--threads", type=int, default=THREADS,
                     help="torch threads; 1 is faster than 2 when the two cores are shared with other work")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="main",
+                    help="main, or an ablation sibling: phase 2 without staggered blocks / without global tokens")
     ap.add_argument("--start-stage", type=int, default=0, help="resume: index of the first stage to run")
     ap.add_argument("--resume-from", help="resume: the checkpoint written at the end of the previous stage "
-                                          "(WORK/after_<stage>)")
+                                          "(WORK/after_<stage>; the phase-1 result is the first demo model)")
+    ap.add_argument("--stop-stage", type=int, help="stop before this stage index (run the recipe in parts)")
     ap.add_argument("--skip-eval", action="store_true")
     args = ap.parse_args()
 
@@ -224,31 +302,45 @@ def main():
     random.seed(SEED)
 
     work = args.work
-    os.makedirs(work, exist_ok=True)
-    spiece = train_sentencepiece(work)
-    tok = load_tokenizer(work)
+    toks, spieces = {}, {}
+    for phase in (1, 2):
+        folder = os.path.join(work, f"tokenizer_phase{phase}")
+        os.makedirs(folder, exist_ok=True)
+        spieces[phase] = train_sentencepiece(folder, phase)
+        toks[phase] = load_tokenizer(folder)
+    tok = toks[2]
     sample = [demo_data.make_example(random.Random(SEED + 2 + i), 2000)[0] for i in range(5)]
     ratio = sum(len(tok(d).input_ids) for d in sample) / sum(len(d.split()) for d in sample)
-    print(f"vocab {len(tok)} (sentencepiece {len(tok) - 103} + 103); tokens/word {ratio:.3f} "
+    print(f"vocab {len(toks[1])} in phase 1, {len(tok)} in phase 2 (sentencepiece + 103); tokens/word {ratio:.3f} "
           f"(demo_data.TOKENS_PER_WORD = {demo_data.TOKENS_PER_WORD})", flush=True)
 
-    write_example(os.path.dirname(os.path.abspath(args.out)))
-    config = PegasusXConfig(vocab_size=len(tok), **MODEL)
+    if args.variant == "main":
+        write_example(os.path.dirname(os.path.abspath(args.out)))
+        write_notebook_documents(os.path.dirname(os.path.abspath(args.out)))
+    config = PegasusXConfig(vocab_size=len(toks[1]), **MODEL)
     model = PegasusXForConditionalGeneration(config)
     torch.nn.init.normal_(model.model.shared.weight, std=EMBED_INIT_STD)  # tied: encoder, decoder, lm_head
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"parameters {n_params:,}", flush=True)
 
     stages = PILOT_STAGES if args.pilot else STAGES
-    first_step = sum(st[1] for st in stages[:args.start_stage])
+    stop = len(stages) if args.stop_stage is None else args.stop_stage
+    first_step = sum(st[2] for st in stages[:args.start_stage])
     if args.start_stage:
         # Resume at a stage boundary: identical to an uninterrupted run, because every stage starts a fresh
         # optimizer, batches depend only on the global step, and nothing random (no dropout) runs in training.
         model = PegasusXForConditionalGeneration.from_pretrained(args.resume_from)
         print(f"resumed from {args.resume_from} at stage {args.start_stage}, step {first_step}", flush=True)
-    total = sum(st[1] for st in stages)
+    total = sum(st[2] for st in stages)
     t0, step, ema = time.time(), first_step, None
-    for name, n_steps, lo, hi, tpb, lr, warmup in stages[args.start_stage:]:
+    seconds = {}
+    for name, task, n_steps, lo, hi, tpb, lr, warmup in stages[args.start_stage:stop]:
+        phase = 1 if task == "named" else 2
+        if phase == 2 and model.config.vocab_size != len(tok):
+            model = enter_phase2(model, tok, args.variant)
+            print(f"phase 2 ({args.variant}): vocab {model.config.vocab_size}, "
+                  f"stagger {model.config.stagger_local_blocks}, globals {model.config.num_global_tokens}",
+                  flush=True)
+        print(f"parameters {sum(p.numel() for p in model.parameters()):,}", flush=True)
+        t_stage = time.time()
         decay, no_decay = [], []
         for pname, p in model.named_parameters():
             (no_decay if p.ndim < 2 or "norm" in pname else decay).append(p)
@@ -262,7 +354,7 @@ def main():
 
         model.train()
         for i in range(n_steps):
-            ids, mask, labels = make_batch(tok, step, lo, hi, tpb)
+            ids, mask, labels = make_batch(toks[phase], step, lo, hi, tpb, task)
             for g in opt.param_groups:
                 g["lr"] = lr_at(i)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -278,8 +370,11 @@ def main():
                       f"elapsed {time.time() - t0:.0f}s", flush=True)
             if step % SAVE_EVERY == 0 or i == n_steps - 1:
                 model.eval()
-                save_checkpoint(model, args.out, spiece, {"step": step, "of": total, "stage": name,
-                                                          "ema_loss": ema, "train_seconds": time.time() - t0})
+                seconds[name] = round(time.time() - t_stage)
+                save_checkpoint(model, args.out, spieces[phase], {
+                    "step": step, "of": total, "stage": name, "variant": args.variant, "ema_loss": ema,
+                    "train_seconds_this_process": round(time.time() - t0), "stage_seconds": seconds,
+                    "threads": args.threads})
                 model.train()
                 print(f"saved {args.out} at step {step}", flush=True)
                 if i == n_steps - 1:
@@ -289,9 +384,10 @@ def main():
     print(f"trained steps {first_step}..{total} in {time.time() - t0:.0f}s", flush=True)
 
     if not args.skip_eval:
-        import eval_demo
-        # Beam (the shipped default) and greedy on every band: ~6.5 min on 2 cores (the table in docs/demo_model.md).
-        eval_demo.main(["--model", args.out, "--decoding", "greedy" if args.pilot else "both",
+        from tools import eval_demo
+        # Beam (the shipped default) and greedy on every band (the tables in docs/demo_model.md, docs/demo_long.md).
+        task = "named" if stages[min(stop, len(stages)) - 1][1] == "named" else "roles"
+        eval_demo.main(["--model", args.out, "--task", task, "--decoding", "greedy" if args.pilot else "both",
                         "--out", os.path.join(work if args.pilot else args.out, "eval_results.json")]
                        + (["--quick"] if args.pilot else []))
 
