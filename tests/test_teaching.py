@@ -12,7 +12,7 @@ import minipegx
 from minipegx import blocks, viz
 from minipegx.checkpoint import flatten_params
 from minipegx.course.grade import RUBRIC
-from tools.demo_data import make_example
+from tools.demo_data import make_named_example as make_example  # the default demo model's task
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "teaching.md").read_text(encoding="utf-8")
 
