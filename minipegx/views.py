@@ -34,6 +34,7 @@ from .encoder import global_local_attention, stagger
 from .errors import InputError
 from .layers import additive_mask, linear, split_heads
 from .viz.patterns import influence_atoms  # noqa: F401  (re-exported: a view of the structure)
+from .viz.probs import layer_probs
 
 
 # ============================================================================== geometry
@@ -94,15 +95,11 @@ def reduce_heads(probs, head=None):
 
 def layer_attention(attentions_layer, config, layer, length, head=None, batch_index=0):
     """One layer of output.encoder_attentions ({"local": [B, H, N, K, G+K], "global": [B, H, G, G+P]})
-    -> LayerAttention of sequence batch_index, shapes checked against the config and the length."""
-    geo = block_geometry(config, layer, length)
-    local, glob = attentions_layer["local"][batch_index], attentions_layer["global"][batch_index]
-    G, K = config.num_global_tokens, config.block_size
-    if tuple(local.shape[1:]) != (geo["blocks"], K, G + K) or tuple(glob.shape[1:]) != (G, G + geo["padded"]):
-        raise InputError(f"encoder layer {layer} for {length} tokens should have local [H, {geo['blocks']}, {K}, "
-                         f"{G + K}] and global [H, {G}, {G + geo['padded']}] attentions, got {tuple(local.shape)} "
-                         f"and {tuple(glob.shape)}; is `length` the input length and `layer` its index?")
-    return LayerAttention(reduce_heads(local, head), reduce_heads(glob, head), geo["shift"], int(length))
+    -> LayerAttention of sequence batch_index, shapes checked against the config and the length
+    (viz.probs.layer_probs, the one check of that layout)."""
+    local, glob = layer_probs(attentions_layer, config, layer, length, batch_index)  # [H, N, K, G+K], [H, G, G+P]
+    shift = block_geometry(config, layer, length)["shift"]
+    return LayerAttention(reduce_heads(local, head), reduce_heads(glob, head), shift, int(length))
 
 
 class _LayerInputs(dict):
