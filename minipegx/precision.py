@@ -29,7 +29,7 @@ import numpy as np
 
 from .backend import array_module
 from .errors import NumericalError
-from .quantize import is_quantized
+from .quantize import dequantize, is_quantized
 
 ACCUMULATE = np.dtype("float32")  # matmul accumulators, norm/softmax statistics, the residual stream
 
@@ -70,9 +70,7 @@ def _widen(obj):
         return {k: _widen(v) for k, v in obj.items()}
     if isinstance(obj, tuple):
         return tuple(_widen(v) for v in obj)
-    if is_quantized(obj):
-        return obj.dequantize(ACCUMULATE)
-    return obj.astype(ACCUMULATE) if _narrow(obj) else obj
+    return dequantize(obj, ACCUMULATE) if _narrow(obj) else obj   # quantize.dequantize: either kind of narrow
 
 
 def float32_inside(rounds_to):
