@@ -1,7 +1,7 @@
 """minipegx: PEGASUS-X (Phang, Zhao & Liu 2022) from scratch, as small array functions over NumPy / CuPy.
 
     import minipegx
-    model = minipegx.from_pretrained("path/to/pegasus-x-base")     # or None: the bundled demo model
+    model = minipegx.from_pretrained("path/to/pegasus-x-base")     # or None: the bundled (long) demo model
     tok = minipegx.Tokenizer.from_pretrained("path/to/pegasus-x-base")
     batch = tok(["a long document ..."], return_tensors="np")
     out = model(**batch, decoder_input_ids=[[0]])                   # .logits [B, S, V]
@@ -37,9 +37,33 @@ def __getattr__(name):
     raise AttributeError(f"module 'minipegx' has no attribute {name!r}")
 
 
-def example_document() -> str:
-    """The bundled long example document (held out from the demo model's training)."""
+# Each demo model's bundled example (held out from its training): "long" (the default model, ~12,000 tokens of
+# the roles task) and "short" (the first demo model, ~2,500 tokens of its named task).
+EXAMPLES = {"long": "example_long", "short": "example"}
+
+
+def example_path(model: str = "long", kind: str = "document") -> str:
+    """The bundled example file of demo model `model`: kind "document" or "summary" (its true summary)."""
     import os
 
-    with open(os.path.join(os.path.dirname(__file__), "data", "example_document.txt"), encoding="utf-8") as f:
+    if model not in EXAMPLES:
+        raise InputError(f"no bundled example for demo model {model!r}; choose one of {', '.join(EXAMPLES)}")
+    if kind not in ("document", "summary"):
+        raise InputError(f"example kind must be 'document' or 'summary', got {kind!r}")
+    return os.path.join(os.path.dirname(__file__), "data", f"{EXAMPLES[model]}_{kind}.txt")
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def example_document(model: str = "long") -> str:
+    """The bundled example document of demo model `model` ("long", the default, or "short"), held out from
+    its training."""
+    return _read(example_path(model, "document"))
+
+
+def example_summary(model: str = "long") -> str:
+    """The true summary of example_document(model)."""
+    return _read(example_path(model, "summary"))

@@ -159,6 +159,25 @@ def run_summarize(args, read):
     return 0
 
 
+def run_demo(args):
+    """`minipegx demo`: the long example document, summarized by the default (long) demo model, then its
+    true summary."""
+    from . import example_document, example_path, example_summary
+    from .model import demo_model_path
+    from .tokenizer import Tokenizer
+
+    doc = example_document("long")
+    n_tokens = len(Tokenizer.from_pretrained(args.model or demo_model_path()).encode(doc))
+    name = os.path.basename(example_path("long", "document"))
+    print(f"Document: minipegx/data/{name} ({n_tokens:,} tokens, {len(doc.split()):,} words). It begins:\n  "
+          f"{doc[:300].strip()} ...\n", flush=True)
+    print("Summary by the bundled demo model:", flush=True)
+    code = run_summarize(args, lambda: [(name, doc)])
+    if not args.json:
+        print(f"\nThe true summary:\n{example_summary('long').strip()}")
+    return code
+
+
 def _main(argv=None):
     ap = argparse.ArgumentParser(prog="minipegx", description="PEGASUS-X in NumPy/CuPy: summarize long documents.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -167,7 +186,7 @@ def _main(argv=None):
     add_generation_flags(s)
     corpus_commands.add_corpus_flags(s, positive_int, non_negative_int)
     corpus_commands.add_evaluate_parser(sub)
-    d = sub.add_parser("demo", help="summarize the bundled example document with the bundled demo model")
+    d = sub.add_parser("demo", help="summarize the bundled long example document with the default (long) demo model")
     add_generation_flags(d)
     p = sub.add_parser("parity", help="compare every intermediate with transformers (needs the test extra)")
     p.add_argument("checkpoint")
@@ -187,19 +206,7 @@ def _main(argv=None):
             from .explore import run_cli
             return run_cli(args, read_inputs)
         if args.command == "demo":
-            from . import example_document
-            from .model import demo_model_path
-            doc = example_document()
-            n_words = len(doc.split())
-            print(f"Document: minipegx/data/example_document.txt ({n_words} words). It begins:\n  "
-                  f"{doc[:300].strip()} ...\n", flush=True)
-            print("Summary by the bundled demo model:", flush=True)
-            code = run_summarize(args, lambda: [("example_document.txt", doc)])
-            truth = os.path.join(demo_model_path(), "..", "example_summary.txt")
-            if os.path.isfile(truth) and not args.json:
-                with open(truth, encoding="utf-8") as f:
-                    print(f"\nThe true summary:\n{f.read().strip()}")
-            return code
+            return run_demo(args)
         if args.command == "evaluate":
             return corpus_commands.run_evaluate(args)
         if args.input:

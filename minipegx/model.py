@@ -230,8 +230,8 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     """Load a Hugging Face PEGASUS-X checkpoint directory (config.json + model.safetensors, sharded
     safetensors or pytorch_model.bin), weights moved to `backend` ('numpy' | 'cupy') once, in `dtype`.
 
-    path=None loads the bundled demo model. dtype: 'float32' | 'float16' | 'bfloat16', the compute dtype
-    (docs/precision.md). quantize: None | 'int8' | 'nf4', weight-only quantization of every linear layer
+    path=None loads the bundled default demo model, demo_model_path("long"). dtype: 'float32' | 'float16' |
+    'bfloat16', the compute dtype (docs/precision.md). quantize: None | 'int8' | 'nf4', weight-only quantization of every linear layer
     (quantize.py); a directory written by quantize.save_quantized loads quantized as saved."""
     from .checkpoint import load_params
     from .checkpoint.names import require_float
@@ -276,16 +276,20 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     return PegasusX(config, params, backend, str(compute), gen, path)
 
 
-DEMO_VARIANTS = {"main": "demo", "long": "demo_long", "long_nostagger": "demo_long_nostagger",
+DEMO_VARIANTS = {"long": "demo_long", "short": "demo", "long_nostagger": "demo_long_nostagger",
                  "long_noglobal": "demo_long_noglobal"}
 
 
-def demo_model_path(variant: str = "main") -> str:
-    """A bundled demo checkpoint (small PEGASUS-X models trained by tools/train_demo.py): "main", the default
-    (1,000-4,000-token documents, facts inside one sentence); "long", trained up to 16,384 tokens on a task
-    whose facts need information from far-apart blocks; and its ablation siblings trained with the same
-    recipe and budget: "long_nostagger" (no staggered blocks) and "long_noglobal" (no global tokens)."""
+def demo_model_path(variant: str = "long") -> str:
+    """A bundled demo checkpoint (small PEGASUS-X models trained by tools/train_demo.py): "long", the default
+    (trained up to 16,384 tokens on a task whose facts need information from far-apart blocks); "short", the
+    first demo model (1,000-4,000-token documents, facts inside one sentence; the long model's phase 1); and
+    the long model's ablation siblings trained with the same recipe and budget: "long_nostagger" (no
+    staggered blocks) and "long_noglobal" (no global tokens)."""
     if variant not in DEMO_VARIANTS:
         from .errors import CheckpointNotFoundError
-        raise CheckpointNotFoundError(f"no bundled demo model {variant!r}; choose one of {', '.join(DEMO_VARIANTS)}")
+        renamed = (' ("main" was the first demo model, now "short"; the default is now "long")'
+                   if variant == "main" else "")
+        raise CheckpointNotFoundError(f"no bundled demo model {variant!r}; choose one of "
+                                      f"{', '.join(DEMO_VARIANTS)}{renamed}")
     return os.path.join(os.path.dirname(__file__), "data", DEMO_VARIANTS[variant])

@@ -14,23 +14,38 @@ from minipegx.cli import main
 @pytest.fixture
 def doc(tmp_path):
     p = tmp_path / "doc.txt"
-    p.write_text(minipegx.example_document(), encoding="utf-8")
+    p.write_text(minipegx.example_document("short"), encoding="utf-8")   # short: these tests are about the CLI
     return p
 
 
-def test_demo_command_prints_the_demo_models_summary_of_the_bundled_document():
+@pytest.fixture(scope="module")
+def demo_output():
     r = subprocess.run([sys.executable, "-m", "minipegx", "demo", "--quiet"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
-    summary = r.stdout.split("Summary by the bundled demo model:\n")[1].split("\n")[0]
-    assert summary == minipegx.summarize(minipegx.example_document())
-    assert "The true summary:" in r.stdout
+    return r.stdout
+
+
+def test_demo_command_prints_the_default_models_summary_of_the_long_example(demo_output):
+    summary = demo_output.split("Summary by the bundled demo model:\n")[1].split("\n")[0]
+    doc = minipegx.example_document("long")
+    assert summary == minipegx.summarize(doc, model=minipegx.demo_model_path("long"))
+
+
+def test_demo_command_prints_the_bundled_true_summary(demo_output):
+    assert demo_output.split("The true summary:\n")[1].strip() == minipegx.example_summary("long").strip()
+
+
+def test_demo_command_names_the_document_and_its_length_in_tokens(demo_output):
+    doc = minipegx.example_document("long")
+    n_tokens = len(minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path("long")).encode(doc))
+    assert demo_output.startswith(f"Document: minipegx/data/example_long_document.txt ({n_tokens:,} tokens, ")
 
 
 def test_summarize_command_reads_a_file(doc, capsys):
     assert main(["summarize", str(doc), "--quiet", "--num-beams", "2", "--max-new-tokens", "24"]) == 0
     out = capsys.readouterr().out.strip()
-    assert out == minipegx.summarize(minipegx.example_document(), num_beams=2, max_new_tokens=24)
+    assert out == minipegx.summarize(doc.read_text(), num_beams=2, max_new_tokens=24)
 
 
 def test_summarize_command_reads_standard_input(doc):
@@ -80,7 +95,7 @@ def test_inconsistent_generation_options_are_a_one_line_error(doc, capsys):
 
 
 def test_summarize_returns_a_string_for_a_string_and_a_list_for_a_list():
-    doc = minipegx.example_document()
+    doc = minipegx.example_document("short")
     one = minipegx.summarize(doc, max_new_tokens=8)
     assert isinstance(one, str)
     assert minipegx.summarize([doc, doc], max_new_tokens=8) == [one, one]

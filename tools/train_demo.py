@@ -42,6 +42,8 @@ from tools.train_spm import train_spm
 SEED = 1234
 EXAMPLE_SEED = 2024             # the bundled example document (a stream neither training nor eval uses)
 EXAMPLE_TOKENS = 2500
+EXAMPLE_LONG_SEED = 2026        # the long model's bundled example (roles task), a stream of its own
+EXAMPLE_LONG_TOKENS = 12000
 NOTEBOOK_SEED = 2025            # notebook 06's documents (another stream neither training nor eval uses)
 NOTEBOOK_TOKENS = (1500, 3000)  # 4 documents of each length: long enough that facts cross many blocks,
                                 # short enough for six encoders x 8 documents in well under a minute
@@ -258,6 +260,16 @@ def write_example(data_dir: str) -> None:
         f.write(summ + "\n")
 
 
+def write_long_example(data_dir: str) -> None:
+    """minipegx/data/example_long_document.txt and its true summary: a held-out document of ~12,000 tokens of
+    the long (default) demo model's roles task (`minipegx demo` summarizes it)."""
+    doc, summ = demo_data.make_example(random.Random(EXAMPLE_LONG_SEED), EXAMPLE_LONG_TOKENS)
+    with open(os.path.join(data_dir, "example_long_document.txt"), "w") as f:
+        f.write(doc + "\n")
+    with open(os.path.join(data_dir, "example_long_summary.txt"), "w") as f:
+        f.write(summ + "\n")
+
+
 def enter_phase2(model, tok, variant: str):
     """The phase-1 model as the start of phase 2: the variant's architecture change, and embedding rows for
     the words the roles task adds (drawn like phase 1's, std EMBED_INIT_STD). The other weights carry over
@@ -330,6 +342,7 @@ def main():
 
     if args.variant == "main":
         write_example(os.path.dirname(os.path.abspath(args.out)))
+        write_long_example(os.path.dirname(os.path.abspath(args.out)))
         write_notebook_documents(os.path.dirname(os.path.abspath(args.out)))
     config = PegasusXConfig(vocab_size=len(toks[1]), **MODEL)
     model = PegasusXForConditionalGeneration(config)
