@@ -46,6 +46,8 @@ def example_path(model: str = "long", kind: str = "document") -> str:
     """The bundled example file of demo model `model`: kind "document" or "summary" (its true summary)."""
     import os
 
+    from .errors import InputError
+
     if model not in EXAMPLES:
         raise InputError(f"no bundled example for demo model {model!r}; choose one of {', '.join(EXAMPLES)}")
     if kind not in ("document", "summary"):

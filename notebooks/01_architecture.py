@@ -14,10 +14,10 @@
 # other layer and a few **global tokens** (the "Global-Local" encoder the paper settles on in its
 # architecture experiments; staggering is its Figure 2). The decoder is an ordinary Transformer decoder.
 #
-# In this notebook we run the bundled demo model (a small PEGASUS-X trained by this project: block size
-# 64, 16 global tokens, 3 encoder layers, 2 decoder layers, vocabulary 784) **by hand**: every step is a
-# call to one of minipegx's array functions on the model's own parameter tree, so you can read the line
-# that does it (`minipegx/layers.py`, `encoder.py`, `decoder.py`). At the end we check the result
+# In this notebook we run the first (short) bundled demo model, `demo_model_path("short")` (a small
+# PEGASUS-X trained by this project: block size 64, 16 global tokens, 3 encoder layers, 2 decoder layers,
+# vocabulary 784) **by hand**: every step is a call to one of minipegx's array functions on the model's
+# own parameter tree, so you can read the line that does it (`minipegx/layers.py`, `encoder.py`, `decoder.py`). At the end we check the result
 # against the full model and, when it is installed, against Hugging Face transformers.
 #
 # **Shape legend** (the same letters in every notebook, docstring and comment of minipegx):
@@ -36,9 +36,9 @@ from minipegx import decoder as dec, encoder as enc, layers
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 
-model = minipegx.from_pretrained(None)                        # None = the bundled demo model
+model = minipegx.from_pretrained(minipegx.demo_model_path("short"))  # the first (short) demo model
 cfg = model.config
-tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path())
+tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path("short"))
 print(f"d_model M={cfg.d_model}  heads H={cfg.encoder_attention_heads}  head dim D={cfg.encoder_head_dim}  "
       f"block K={cfg.block_size}  global tokens G={cfg.num_global_tokens}")
 print(f"encoder layers {cfg.encoder_layers} (staggered: {[i for i in range(cfg.encoder_layers) if cfg.is_staggered(i)]})"
@@ -65,7 +65,7 @@ print("q_proj weight [M, M]:", tree["encoder"]["layers"][1]["self_attn"]["q_proj
 # 0 on padding. Every text ends with `</s>` (id 1); `<pad>` is id 0 (both asserted below).
 
 # %%
-paragraphs = minipegx.example_document().split("\n\n")
+paragraphs = minipegx.example_document("short").split("\n\n")
 texts = ["\n\n".join(paragraphs[:2]), paragraphs[0]]
 batch = tok(texts, padding=True, return_tensors="np")
 ids, attention_mask = batch["input_ids"], batch["attention_mask"]
@@ -323,7 +323,7 @@ import minipegx.parity
 from minipegx.errors import BackendError
 
 try:
-    ref = minipegx.parity.load_reference(minipegx.demo_model_path())   # transformers, quietly
+    ref = minipegx.parity.load_reference(minipegx.demo_model_path("short"))   # transformers, quietly
 except BackendError as e:
     print(f"skipping the comparison: {e}")
 else:
@@ -360,4 +360,4 @@ else:
 
 # %% [markdown]
 # **Next:** `02_attention.ipynb` draws the attention patterns of these layers and the real
-# probabilities on the long example document.
+# probabilities on the short model's example document.

@@ -15,9 +15,10 @@
 # **everything** (Phang, Zhao & Liu 2022, [arXiv:2208.04347](https://arxiv.org/abs/2208.04347),
 # the architecture ablations on block-local attention, staggering and global tokens).
 #
-# This notebook draws who *may* attend whom (`viz.attention_pattern`), what the demo model *does*
-# attend on the long example document (`viz.plot_attention`, `viz.densify`), where the summary looks
-# (`viz.plot_cross_attention`) and how many layers information needs to travel (`viz.influence_hops`).
+# This notebook draws who *may* attend whom (`viz.attention_pattern`), what the first (short) demo
+# model *does* attend on its example document, `example_document("short")` (`viz.plot_attention`,
+# `viz.densify`), where the summary looks (`viz.plot_cross_attention`) and how many layers information
+# needs to travel (`viz.influence_hops`).
 #
 # **Shape legend** (the same letters in every notebook, docstring and comment of minipegx):
 # B batch, T tokens, P tokens padded to whole blocks, S decoder steps, N blocks, K block size,
@@ -33,9 +34,9 @@ import numpy as np
 import minipegx
 from minipegx import viz
 
-model = minipegx.from_pretrained(None)                        # the bundled demo model
+model = minipegx.from_pretrained(minipegx.demo_model_path("short"))  # the first (short) demo model
 cfg = model.config
-tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path())
+tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path("short"))
 K, G, H = cfg.block_size, cfg.num_global_tokens, cfg.encoder_attention_heads
 print(f"block size K={K}, global tokens G={G}, heads H={H}, encoder layers {cfg.encoder_layers}, "
       f"staggered layers {[i for i in range(cfg.encoder_layers) if cfg.is_staggered(i)]}")
@@ -70,14 +71,14 @@ mask = np.r_[np.ones(200, int), np.zeros(T - 200, int)]
 viz.plot_attention_pattern(cfg, T, layer=None, attention_mask=mask)
 
 # %% [markdown]
-# ## 2. The real probabilities on the long example document
+# ## 2. The real probabilities on the example document
 #
 # We encode the whole example document (2 498 tokens, 40 blocks of 64) with `output_attentions=True`.
 # Each layer returns the blocked tensors, never a T × T matrix:
 # `local [B, H, N, K, G+K]` (N + 1 blocks in a staggered layer) and `global [B, H, G, G+P]`.
 
 # %%
-doc = minipegx.example_document()
+doc = minipegx.example_document("short")
 batch = tok([doc], return_tensors="np")
 ids, attention_mask = batch["input_ids"], batch["attention_mask"]
 T = ids.shape[1]
@@ -230,7 +231,7 @@ viz.plot_influence(cfg, T, use_global=False)
 # %%
 from minipegx import explore, views
 
-long_text = "\n\n".join([minipegx.example_document()] * 6)
+long_text = "\n\n".join([minipegx.example_document("short")] * 6)
 doc = explore.document(long_text, model)
 T_long = len(doc.tokens)
 query = doc.spans[0][0] + 5                                   # a token inside the first key sentence

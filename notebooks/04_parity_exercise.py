@@ -34,11 +34,11 @@ import minipegx
 from minipegx import layers, parity
 from minipegx.layers import linear, softmax
 
-path = minipegx.demo_model_path()
+path = minipegx.demo_model_path("short")
 model = minipegx.from_pretrained(path)
 reference = parity.load_reference(path)          # transformers, quietly; BackendError says what to install
 tok = minipegx.Tokenizer.from_pretrained(path)
-text = "\n\n".join(minipegx.example_document().split("\n\n")[:2])   # two paragraphs: quick, 4 blocks
+text = "\n\n".join(minipegx.example_document("short").split("\n\n")[:2])   # two paragraphs: quick, 4 blocks
 batch = tok([text], return_tensors="np")
 ids, mask = batch["input_ids"], batch["attention_mask"]
 cfg = model.config

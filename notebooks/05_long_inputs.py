@@ -35,9 +35,9 @@ import numpy as np
 import minipegx
 from minipegx import viz
 
-model = minipegx.from_pretrained(None)
+model = minipegx.from_pretrained(minipegx.demo_model_path("short"))   # the first (short) demo model
 cfg = model.config
-tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path())
+tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path("short"))
 rng = np.random.default_rng(0)
 lengths = [1024, 2048, 4096, 8192, 16384]
 M, F, H = cfg.d_model, cfg.encoder_ffn_dim, cfg.encoder_attention_heads
@@ -174,7 +174,7 @@ assert H == 4
 # between 1e-3 and 1e-2, nf4 between 2e-2 and 3e-1, tens of times more (all asserted below the table).
 
 # %%
-batch = tok([minipegx.example_document()], return_tensors="np")
+batch = tok([minipegx.example_document("short")], return_tensors="np")
 ids, mask = batch["input_ids"], batch["attention_mask"]
 dec = model.generate(ids, mask, max_new_tokens=48)[:, :-1]        # teacher-force float32's summary
 out32 = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)
@@ -198,7 +198,7 @@ ref_layers = outputs(out32)
 print(f"{'layer output':22}" + "".join(f"{m:>10}" for m in ("float16", "bfloat16", "int8", "nf4")))
 errors = {}
 for dtype, quantize in [("float16", None), ("bfloat16", None), ("float32", "int8"), ("float32", "nf4")]:
-    low = minipegx.from_pretrained(minipegx.demo_model_path(), dtype=dtype, quantize=quantize)
+    low = minipegx.from_pretrained(minipegx.demo_model_path("short"), dtype=dtype, quantize=quantize)
     o = low(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)
     errors[quantize or dtype] = np.array([rel(h, ref_layers[n]) for n, h in outputs(o).items()])   # [rows]
 for i, n in enumerate(ref_layers):

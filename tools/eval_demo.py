@@ -169,7 +169,8 @@ def evaluate(model_dir, tok, band, decoding: dict, procs: int = 2, rouge=None, a
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="minipegx/data/demo")
+    ap.add_argument("--model", default="minipegx/data/demo_long", help="default: the default (long) demo model, "
+                    "whose task --task roles is")
     ap.add_argument("--out", default="eval_demo.json")
     ap.add_argument("--quick", action="store_true", help="16 documents per band, greedy only")
     ap.add_argument("--decoding", choices=["both", "beam", "greedy"], default="both")
@@ -179,8 +180,8 @@ def main(argv=None):
     ap.add_argument("--docs", type=int, help="N documents per band instead of the band's default (the first ones "
                                              "are the default run's documents: one seed stream per band)")
     ap.add_argument("--task", choices=sorted(TASKS), default="roles",
-                    help="roles: demo_data.make_example (the long models); named: make_named_example (the default "
-                         "demo model's task)")
+                    help="roles: demo_data.make_example (the long models); named: make_named_example (the first, "
+                         "short demo model's task)")
     ap.add_argument("--procs", type=int, default=2, help="worker processes (one torch thread each)")
     ap.add_argument("--ablation", choices=ablate.ABLATIONS, default="none",
                     help="an inference-time ablation of the same weights (tools/ablate.py)")

@@ -8,7 +8,7 @@ Three checks, each run only when the one before passed:
 1. on its own, on inputs that catch the usual bugs (cases.py), against minipegx's function, within
    TINY_FP32 (one layer function in fp32: only the summation order may differ);
 2. in place: the student's function replaces minipegx's wherever the model calls it (parity.patched)
-   and the bundled demo model runs a batch of 2 (row 1 padded; 150 tokens = 3 blocks of 64, the last
+   and the first (short) bundled demo model runs a batch of 2 (row 1 padded; 150 tokens = 3 blocks of 64, the last
    partial, 4 in the staggered layer; 16 global tokens): the logits of a 3-step forward pass and of a 4th
    step decoded from its cache (beam_step: the ids 3-beam search generates) must equal minipegx's own
    within LOGITS;
@@ -193,10 +193,10 @@ def _standalone(name, fn):
 # ---------------------------------------------------------------------------------------------- in place
 @lru_cache(maxsize=1)
 def _demo():
-    """The bundled demo model and a batch of 2 (row 1 padded from token 100 of 150), 4 decoder tokens."""
-    from ..model import from_pretrained
+    """The first (short) demo model and a batch of 2 (row 1 padded from token 100 of 150), 4 decoder tokens."""
+    from ..model import demo_model_path, from_pretrained
 
-    model = from_pretrained(None)
+    model = from_pretrained(demo_model_path("short"))   # the model the course notebooks use
     rng = np.random.default_rng(0)
     V = model.config.vocab_size
     ids = rng.integers(5, V, size=(2, 150))                                    # [B, T]
@@ -253,7 +253,7 @@ def _transformers_logits(beams):
 
     from ..model import demo_model_path
 
-    ref = _reference_model(demo_model_path())
+    ref = _reference_model(demo_model_path("short"))
     _, ids, mask, dec = _demo()
     t = torch.as_tensor
     with torch.no_grad():

@@ -18,7 +18,7 @@
 # `raise NotImplementedError` with your code, then run the **check cell** below it:
 # `check_function(name, your_function)` compares your function with minipegx's on inputs chosen to catch
 # the usual bugs (a batch of 2 whose second row is padded, 3 blocks with a partial last one, a staggered
-# layer, global tokens, beams), then puts it **in place** in the bundled demo model and compares the
+# layer, global tokens, beams), then puts it **in place** in the first (short) bundled demo model and compares the
 # model's logits. When it fails it says where your output first differs, by how much, and the likely cause.
 # Your grade is the same check (see the points in each heading). No torch needed; if transformers is
 # installed, the check also compares with it.
