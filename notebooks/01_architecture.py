@@ -17,8 +17,9 @@
 # In this notebook we run the first (short) bundled demo model, `demo_model_path("short")` (a small
 # PEGASUS-X trained by this project: block size 64, 16 global tokens, 3 encoder layers, 2 decoder layers,
 # vocabulary 784) **by hand**: every step is a call to one of minipegx's array functions on the model's
-# own parameter tree, so you can read the line that does it (`minipegx/layers.py`, `encoder.py`, `decoder.py`). At the end we check the result
-# against the full model and, when it is installed, against Hugging Face transformers.
+# own parameter tree, so you can read the line that does it (`minipegx/layers.py`, `encoder.py`,
+# `decoder.py`). At the end we check the result against the full model and, when it is installed,
+# against Hugging Face transformers.
 #
 # **Shape legend** (the same letters in every notebook, docstring and comment of minipegx):
 # B batch, T tokens, P tokens padded to whole blocks, S decoder steps, N blocks, K block size,
