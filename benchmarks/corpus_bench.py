@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def write_corpus(path, n, lo, hi, seed=0):
-    from tools.demo_data import make_named_example as make_example  # the default demo model's task
+    from tools.demo_data import make_example  # the default (long) demo model's task
 
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as f:

@@ -1,6 +1,6 @@
 """`minipegx explore`: one self-contained HTML page to click through a long document's attention.
 
-    page = explore.build(minipegx.example_document())     # the bundled demo model
+    page = explore.build(minipegx.example_document())     # the default (long) demo model and its example
     explore.write_page(page, "page.html")                 # no server, no network: open it in a browser
 
 The page holds the document's tokens, each encoder layer's probabilities in their blocked form
@@ -98,8 +98,10 @@ def sentence_spans(pieces):
 
 
 def key_sentence_spans(pieces, frame=r"^\s*According to the \w+ ledger,"):
-    """The demo task's key sentences ("According to the market ledger, Wendel returned 87 blankets to
-    Ironmere."; tools/demo_data.py) as token spans [start, stop)."""
+    """The demo tasks' key sentences as token spans [start, stop): the ledger entries of the long (default)
+    model's roles task ("According to the town ledger, the miller carried 47 lanterns to Ostbridge.") and of
+    the short model's named task ("According to the market ledger, Wendel returned 87 blankets to
+    Ironmere."); tools/demo_data.py."""
     shown = display_pieces(pieces)
     return [(a, b) for a, b in sentence_spans(pieces) if re.match(frame, "".join(shown[a:b]))]
 
@@ -143,7 +145,7 @@ def summary_data(model, tokenizer, ids, mask, generation_options=None):
 def build(text, model=None, tokenizer=None, title=None, summarize=True, generation_options=None,
           row_budget=ROW_BUDGET, global_budget=GLOBAL_BUDGET, key_frame=None):
     """Everything the page shows, as one JSON-able dict. model: a directory, a loaded PegasusX or None
-    (the bundled demo model). Documents longer than 16,384 tokens are refused (cut them first)."""
+    (the bundled default, long, demo model). Documents longer than 16,384 tokens are refused (cut them first)."""
     from .pipeline import load
 
     model, tokenizer = load(model, tokenizer)

@@ -24,7 +24,7 @@ import minipegx
 from minipegx.corpus import files, summarize_corpus
 from minipegx.corpus.work import plan_batches
 from minipegx.errors import CorpusError
-from tools.demo_data import make_named_example as make_example  # the default demo model's task
+from tools.demo_data import make_example  # the default (long) demo model's task
 
 distributed = pytest.importorskip("distributed")
 

@@ -52,9 +52,10 @@ def test_the_long_input_paragraph_states_what_compare_measures(page):
     pytest.importorskip("torch")
     from minipegx import parity
 
-    path = minipegx.demo_model_path()
-    ids = minipegx.Tokenizer.from_pretrained(path)([minipegx.example_document()], return_tensors="np")["input_ids"]
-    assert ids.shape[1] == 2498 and "(2,498 tokens as\n`minipegx.example_document()` gives it" in page
+    path = minipegx.demo_model_path("short")
+    doc = minipegx.example_document("short")
+    ids = minipegx.Tokenizer.from_pretrained(path)([doc], return_tensors="np")["input_ids"]
+    assert ids.shape[1] == 2498 and '(2,498 tokens as\n`minipegx.example_document("short")` gives it' in page
     report = parity.compare(path, ids, steps=2)
     rows = {r.name: r for r in report.rows}
     layers = [r for r in report.rows if re.fullmatch(r"model\.encoder\.layers\.\d+", r.name)]

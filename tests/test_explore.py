@@ -21,8 +21,8 @@ SMALLEST = 2 ** (-254.49 / 16)             # from here up a probability is store
 
 @pytest.fixture(scope="module")
 def short_doc():
-    """The first paragraphs of the bundled example (a key sentence included), ~300 tokens."""
-    doc = minipegx.example_document()
+    """The first paragraphs of the short model's bundled example (a key sentence included), ~300 tokens."""
+    doc = minipegx.example_document("short")
     return doc[:doc.index("Nobody remembers who built the gentle tower")]
 
 
@@ -50,9 +50,20 @@ def test_sentence_and_key_spans_follow_the_pieces():
     assert explore.key_sentence_spans(pieces) == [(3, 16)]
 
 
+def test_key_spans_find_the_roles_tasks_ledger_entries_in_the_long_example():
+    """The long model's task names a role, not a person ("According to the town ledger, the miller carried 47
+    lanterns to Ostbridge."; tools/demo_data.make_example): each such entry of the long example is one span."""
+    doc = minipegx.example_document("long")
+    tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path("long"))
+    pieces = tok.convert_ids_to_tokens(tok.encode(doc))
+    shown = explore.display_pieces(pieces)
+    found = ["".join(shown[a:b]).strip() for a, b in explore.key_sentence_spans(pieces)]
+    assert found == re.findall(r"According to the \w+ ledger, the \w+ [^.]*\.", doc) and len(found) >= 3
+
+
 def test_page_data_holds_each_layers_probabilities_and_the_summary(short_doc):
-    model = minipegx.from_pretrained(None)
-    tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path())
+    model = minipegx.from_pretrained(minipegx.demo_model_path("short"))
+    tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path("short"))
     data = explore.build(short_doc, model, tok)
     ids = tok([short_doc], return_tensors="np")["input_ids"]
     T, G, K = ids.shape[1], model.config.num_global_tokens, model.config.block_size
@@ -91,7 +102,7 @@ def test_explore_refuses_a_document_over_16384_tokens(tmp_path, capsys):
 
 
 def test_page_rows_fall_back_to_top_entries_beyond_the_byte_budget(short_doc):
-    model = minipegx.from_pretrained(None)
+    model = minipegx.from_pretrained(minipegx.demo_model_path("short"))
     data = explore.build(short_doc, model, summarize=False, row_budget=100_000, global_budget=20_000)
     layer = data["layers"][0]
     assert layer["local"]["keep"] < layer["local"]["width"] and "index" in layer["local"]

@@ -40,10 +40,10 @@ def chromium():
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    doc = minipegx.example_document()
+    doc = minipegx.example_document("short")
     doc = doc[:doc.index("Nobody remembers who built the gentle tower")]   # ~600 tokens, 2 key sentences
-    model = minipegx.from_pretrained(None)
-    tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path())
+    model = minipegx.from_pretrained(minipegx.demo_model_path("short"))
+    tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path("short"))
     data = explore.build(doc, model, tok)
     path = tmp_path_factory.mktemp("explore") / "page.html"
     explore.write_page(data, path)
@@ -102,7 +102,7 @@ def test_a_summary_word_shows_the_source_sentence_its_step_read_most(page):
         driver.find_elements(By.CSS_SELECTOR, "#summary span.s")[s].click()
         assert driver.execute_script("return document.getElementById('cross').dataset.best") == str(mass.argmax())
         driver.find_elements(By.CSS_SELECTOR, "#summary span.s")[s].click()   # unpin
-    # The demo model's first summary word is the name in the first key sentence, which it read there.
+    # The short demo model's first summary word is the name in the first key sentence, which it read there.
     a, b = data["keySpans"][0]
     assert tuple(data["sentences"][int(np.bincount(sentence, weights=cross[0]).argmax())]) == (a, b)
     assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
@@ -111,7 +111,7 @@ def test_a_summary_word_shows_the_source_sentence_its_step_read_most(page):
 def test_rows_kept_as_top_entries_read_back_at_their_columns(tmp_path):
     """Beyond the byte budget the page keeps each row's largest entries with uint16 columns: the
     JavaScript must put them where Python's unpack_rows does."""
-    doc = minipegx.example_document()[:1500]
+    doc = minipegx.example_document("short")[:1500]
     data = explore.build(doc, None, summarize=False, row_budget=20_000, global_budget=5_000)
     assert "index" in data["layers"][1]["local"] and "index" in data["layers"][1]["global"]
     path = tmp_path / "small.html"

@@ -1,5 +1,6 @@
-"""docs/teaching.md's answers are true of the bundled demo model: every number it states is computed here
-from the model and must appear in the page as written, so a retrained model cannot leave a stale answer."""
+"""docs/teaching.md's answers are true of the first (short) bundled demo model, demo_model_path("short"):
+every number it states is computed here from the model and must appear in the page as written, so a
+retrained model cannot leave a stale answer."""
 
 import math
 import random
@@ -12,7 +13,7 @@ import minipegx
 from minipegx import blocks, viz
 from minipegx.checkpoint import flatten_params
 from minipegx.course.grade import RUBRIC
-from tools.demo_data import make_named_example as make_example  # the default demo model's task
+from tools.demo_data import make_named_example as make_example  # the short demo model's task
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "teaching.md").read_text(encoding="utf-8")
 
@@ -24,14 +25,14 @@ def stated(*phrases):
 
 @pytest.fixture(scope="module")
 def demo():
-    model = minipegx.from_pretrained(None)
-    return model, model.config, minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path())
+    model = minipegx.from_pretrained(minipegx.demo_model_path("short"))
+    return model, model.config, minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path("short"))
 
 
 @pytest.fixture(scope="module")
 def example(demo):
     model, _, tok = demo
-    ids = tok([minipegx.example_document()], return_tensors="np")["input_ids"]
+    ids = tok([minipegx.example_document("short")], return_tensors="np")["input_ids"]
     return ids, model.encode(ids, output_attentions=True)
 
 
@@ -59,7 +60,7 @@ def test_01_query_scale_blocks_and_padding(demo, example):
 
 def test_01_a_padded_key_gets_exactly_zero(demo):
     model, cfg, tok = demo
-    doc = minipegx.example_document().split("\n\n")
+    doc = minipegx.example_document("short").split("\n\n")
     batch = tok([doc[0], doc[1][:100]], padding=True, return_tensors="np")
     out = model.encode(batch["input_ids"], batch["attention_mask"], output_attentions=True)
     K, G = cfg.block_size, cfg.num_global_tokens
