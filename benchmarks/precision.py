@@ -13,7 +13,7 @@ and two analyses:
     sub-block's output, the FFN's hidden layer -- against float16's largest finite value, 65504;
   * the error layer by layer: max |h - h_float32| / max |h_float32| for every layer's output.
 
-Models: the demo checkpoint (minipegx/data/demo, on held-out documents from tools/demo_data.py), or
+Models: the first (short) demo checkpoint (minipegx/data/demo, on held-out documents from tools/demo_data.py), or
 while it does not exist a random model of the demo's shape; and random weights in pegasus-x-base's
 shape (d_model 768, 12+12 layers, 12 heads, FFN 3072, block 512, 128 global tokens, vocab 96103),
 drawn as transformers initializes them (normal, std 0.02; layer norms 1 and 0).
@@ -288,7 +288,7 @@ def main(argv=None):
         args.model = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.model in ("demo", "both"):
-            path = minipegx.demo_model_path()
+            path = minipegx.demo_model_path("short")   # the first demo model, on its task's documents
             title = "Demo model (minipegx/data/demo), held-out documents"
             ids, mask = demo_inputs(path, args.docs)
             results["demo"] = run(title, path, ids, mask, args)

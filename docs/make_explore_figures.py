@@ -4,8 +4,9 @@
     PYTHONPATH=. python docs/make_explore_figures.py --no-browser # figures only (no chromium needed)
 
 explore_receptive_field_base.png needs no weights: the structure at google/pegasus-x-base's shape
-(K=512, G=128, 12 staggered layers) for 16,384 tokens. The others use the bundled demo model on a
-16k-token document of its task (tools/demo_data.make_named_example, seed 16). Deterministic.
+(K=512, G=128, 12 staggered layers) for 16,384 tokens. The others use the first (short) bundled demo
+model, demo_model_path("short"), on a 16k-token document of its task (tools/demo_data.make_named_example,
+seed 16). Deterministic.
 """
 
 from __future__ import annotations
@@ -177,16 +178,18 @@ def main():
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     receptive_field_base(os.path.join(OUT, "explore_receptive_field_base.png"))
-    tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path())
+    short = minipegx.demo_model_path("short")   # the figures' model: the first demo model
+    tok = minipegx.Tokenizer.from_pretrained(short)
     text = document_16k(tok)
-    doc = explore.document(text)
+    doc = explore.document(text, short)
     q = doc.spans[2][0] + 5 if len(doc.spans) > 2 else len(doc.tokens) // 2
     weighted_views(doc, q, 1, os.path.join(OUT, "explore_views_16k.png"))
     local_vs_full(doc, q, os.path.join(OUT, "explore_local_vs_full_16k.png"))
     if not args.no_browser:
         with tempfile.TemporaryDirectory() as tmp:
             page = os.path.join(tmp, "page.html")
-            size = explore.write_page(explore.build(text, title="minipegx explore: a 16k-token demo document"), page)
+            data = explore.build(text, short, title="minipegx explore: a 16k-token demo document")
+            size = explore.write_page(data, page)
             print(f"page: {len(doc.tokens)} tokens, {size / 1e6:.1f} MB")
             screenshots(page, OUT)
 

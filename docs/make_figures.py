@@ -4,7 +4,7 @@ fixed seeds, no timings (unless --measure), PNG metadata without version stamps.
     python docs/make_figures.py            # writes docs/img/{attention_pattern,attention_probs,influence,cost}.png
     python docs/make_figures.py --measure  # cost.png also times model.encode (machine-dependent)
 
-attention_probs.png uses the bundled demo model on the bundled example document when
+attention_probs.png uses the first (short) bundled demo model on its example document when
 minipegx/data/demo exists, else a small random model on random ids (the picture then shows the
 structure, not learned behaviour).
 """
@@ -59,11 +59,11 @@ def random_model(seed=0):
 
 def model_and_input():
     """(model, ids [1, T], tokens or None, description)."""
-    demo = minipegx.demo_model_path()
+    demo = minipegx.demo_model_path("short")
     if os.path.isfile(os.path.join(demo, "config.json")):
         model = minipegx.from_pretrained(demo)
         tok = minipegx.Tokenizer.from_pretrained(demo)
-        ids = np.asarray(tok([minipegx.example_document()], return_tensors="np")["input_ids"])
+        ids = np.asarray(tok([minipegx.example_document("short")], return_tensors="np")["input_ids"])
         return model, ids, tok.convert_ids_to_tokens(ids[0]), "the demo model on the example document"
     model = random_model()
     ids = np.random.default_rng(1).integers(5, model.config.vocab_size, size=(1, 300))

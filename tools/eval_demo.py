@@ -2,7 +2,7 @@
 
     python -m tools.eval_demo --model minipegx/data/demo_long --out eval_demo.json
     python -m tools.eval_demo --model minipegx/data/demo_long --ablation globals_cut --docs 50 --decoding greedy
-    python -m tools.eval_demo --model minipegx/data/demo --task named      # the default demo model's task
+    python -m tools.eval_demo --model minipegx/data/demo --task named      # the first (short) demo model's task
 
 Documents come from tools/demo_data.py with EVAL_SEED, a seed stream disjoint from training's
 (training draws step i from SEED * 1_000_003 + i, see tools/train_demo.py), so no evaluated document

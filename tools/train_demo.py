@@ -1,9 +1,9 @@
 """Train the small demo PEGASUS-X models that ship with minipegx (a tool, not the runtime).
 
-    python -m tools.train_demo --out minipegx/data/demo --stop-stage 4     # phase 1: the default demo model
+    python -m tools.train_demo --out minipegx/data/demo --stop-stage 4     # phase 1: the first (short) model
                                                                            # (~43 min on 2 idle CPU cores)
     python -m tools.train_demo --out minipegx/data/demo_long --start-stage 4 --resume-from COPY_OF_DEMO
-                                                                           # phase 2: the long model (~35 min)
+                                                                           # phase 2: the long, default model (~35 min)
     python -m tools.train_demo --variant nostagger --out minipegx/data/demo_long_nostagger \
         --start-stage 4 --stop-stage 9 --resume-from COPY_OF_DEMO         # an ablation sibling (also noglobal)
     python -m tools.train_demo --out /tmp/pilot --pilot                    # a 2-3 minute check that loss falls
@@ -252,7 +252,7 @@ def save_checkpoint(model, out_dir: str, spiece: str, note: dict):
 
 def write_example(data_dir: str) -> None:
     """minipegx/data/example_document.txt and its true summary: a held-out document of ~2,500 tokens of the
-    default demo model's task (phase 1's; `minipegx demo` summarizes it)."""
+    first (short) demo model's task (phase 1's; example_document("short"), the notebooks' document)."""
     doc, summ = demo_data.make_named_example(random.Random(EXAMPLE_SEED), EXAMPLE_TOKENS, n_facts=4)
     with open(os.path.join(data_dir, "example_document.txt"), "w") as f:
         f.write(doc + "\n")
