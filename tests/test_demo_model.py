@@ -145,13 +145,16 @@ def test_the_old_main_variant_is_refused_with_its_new_name():
         demo_model_path("main")
 
 
-def test_each_demo_model_has_its_own_bundled_example_from_its_own_task():
-    """example_document(model) is what tools/train_demo wrote for that model's task and seed."""
+def test_each_demo_model_has_its_own_bundled_example_from_its_own_task(tmp_path):
+    """example_document(model) and example_summary(model) are what tools/train_demo writes for that model's
+    task and seed: make_named_example for "short", make_example (the roles task) for "long"."""
     from tools import train_demo
-    short = demo_data.make_named_example(random.Random(train_demo.EXAMPLE_SEED), train_demo.EXAMPLE_TOKENS, n_facts=4)
-    long = demo_data.make_example(random.Random(train_demo.EXAMPLE_LONG_SEED), train_demo.EXAMPLE_LONG_TOKENS)
-    assert (minipegx.example_document("short"), minipegx.example_summary("short")) == tuple(t + "\n" for t in short)
-    assert (minipegx.example_document(), minipegx.example_summary()) == tuple(t + "\n" for t in long)
+    train_demo.write_example(str(tmp_path))
+    train_demo.write_long_example(str(tmp_path))
+    for model, stem in (("short", "example"), ("long", "example_long")):
+        written = [(tmp_path / f"{stem}_{kind}.txt").read_text(encoding="utf-8") for kind in ("document", "summary")]
+        assert [minipegx.example_document(model), minipegx.example_summary(model)] == written, model
+    assert minipegx.example_document() == minipegx.example_document("long")
 
 
 @pytest.mark.parametrize("call", [lambda: minipegx.example_document("main"), lambda: minipegx.example_summary("x")])

@@ -94,6 +94,10 @@ def test_explore_command_writes_one_self_contained_page(tmp_path, short_doc, cap
     assert '"summary":' not in html and "function reachWeighted" in html
 
 
+def test_the_page_uses_the_default_long_demo_model_when_none_is_given(short_doc):
+    assert explore.build(short_doc, summarize=False)["model"] == "demo_long"
+
+
 def test_explore_refuses_a_document_over_16384_tokens(tmp_path, capsys):
     src = tmp_path / "long.txt"
     src.write_text("word " * 16400, encoding="utf-8")
