@@ -72,7 +72,7 @@ def add_generation_flags(p):
     g.add_argument("--top-p", type=number)
     g.add_argument("--seed", type=non_negative_int)
     m = p.add_argument_group("model")
-    m.add_argument("--model", help="checkpoint directory (default: the bundled demo model)")
+    m.add_argument("--model", help="checkpoint directory (default: the bundled long demo model)")
     m.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     m.add_argument("--quantize", choices=["int8", "nf4"])

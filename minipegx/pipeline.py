@@ -67,7 +67,7 @@ def summarize(texts, model=None, tokenizer=None, batch_size=4, max_input_length=
               dtype="float32", quantize=None, progress=None, **generation_options):
     """Summaries of `texts` (a string gives a string, a list gives a list).
 
-    model: a checkpoint directory, a loaded PegasusX, or None for the bundled demo model.
+    model: a checkpoint directory, a loaded PegasusX, or None for the bundled default (long) demo model.
     max_input_length: tokens kept per input, >= 1 (default None: the model's max_position_embeddings;
     a cut is announced by a TruncationWarning, never silent). generation_options: those of `generate`
     (num_beams, max_new_tokens, length_penalty, ...; defaults from generation_config.json).
