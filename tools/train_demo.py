@@ -117,7 +117,7 @@ PHASE2 = [
 # documents seen, a less noisy gradient).
 PHASE3 = {
     "narrow": [(f"roles-cycle{i + 1}", "roles", 1000, 300, 16300, 16384, lr, 30)
-               for i, lr in enumerate([5e-4, 4e-4, 3e-4, 2.5e-4, 2e-4, 1.5e-4])],
+               for i, lr in enumerate([5e-4, 4e-4, 3e-4, 2.5e-4, 2e-4, 1.5e-4, 1.5e-4, 1e-4])],
     "wide": [(f"roles-wide{i + 1}", "roles", 500, 300, 16300, 32768, lr, 20)
              for i, lr in enumerate([5e-4, 4e-4, 3e-4, 2.5e-4, 2e-4, 1.5e-4])],
 }
