@@ -284,7 +284,7 @@ def demo_model_path(variant: str = "long") -> str:
     """A bundled demo checkpoint (small PEGASUS-X models trained by tools/train_demo.py): "long", the default
     (trained up to 16,384 tokens on a task whose facts need information from far-apart blocks); "short", the
     first demo model (1,000-4,000-token documents, facts inside one sentence; the long model's phase 1); and
-    the long model's ablation siblings trained with the same recipe and budget: "long_nostagger" (no
+    the long model's ablation siblings, trained with its recipe up to its phase 3: "long_nostagger" (no
     staggered blocks) and "long_noglobal" (no global tokens)."""
     if variant not in DEMO_VARIANTS:
         from .errors import CheckpointNotFoundError

@@ -14,8 +14,9 @@
 # **global tokens** that read every token and are read by every token (Phang, Zhao & Liu 2022,
 # [arXiv:2208.04347](https://arxiv.org/abs/2208.04347), §3 and the ablations of §4). Here you take them
 # away, one at a time, and measure what breaks: on the bundled demo model at inference time (the same
-# weights), and with two **siblings** trained with the same recipe and budget without staggering and
-# without global tokens.
+# weights), and with two **siblings** trained with the same recipe without staggering and without global
+# tokens. (The siblings stop after phase 2 of the recipe; the shipped demo model trained 8,000 steps more, in
+# phase 3. docs/demo_long.md compares all three at the same budget.)
 #
 # The demo task needs information from far apart. A chronicle introduces its cast early on
 # ("In those days the miller Mirela lived near the orchard."); thousands of tokens later, ledger entries
@@ -36,7 +37,7 @@ import minipegx
 from minipegx.ablations import ablate
 from minipegx.model import demo_model_path
 
-# The long demo model ("main" here) and its siblings, trained with the same recipe and budget.
+# The long demo model ("main" here) and its siblings (the same recipe, without its phase 3).
 tok = minipegx.Tokenizer.from_pretrained(demo_model_path("long"))
 models = {name: minipegx.from_pretrained(demo_model_path(bundled))
           for name, bundled in (("main", "long"), ("nostagger", "long_nostagger"), ("noglobal", "long_noglobal"))}
@@ -144,25 +145,28 @@ for name, (exact, wrong) in table.items():
 # text says about it):
 #
 # - **The demo model needs all of its attention pattern.** Every ablation of its weights, and both
-#   siblings, get fewer summaries exactly right than the demo model does.
+#   siblings, get fewer summaries exactly right than the demo model does (it gets all 8).
 # - **Full attention with the same weights fails worst**: the model never saw a token attend to a token
 #   more than a block away, and each token's softmax now spreads over thousands of keys.
-# - **Stagger off: on these documents the name goes wrong most.** With the same weights and unstaggered
-#   blocks, the name (from another block) and the role go wrong far more often than the verb, which sits
-#   in the entry. (On 50 documents per band, docs/demo_long.md, the gap is there at 300-1,000 tokens and
-#   small beyond: longer summaries lose whole facts.)
+# - **Stagger off costs least, and not at the names.** With the same weights and unstaggered blocks the
+#   names (from another block) stay right on these documents; what goes wrong is the end of an entry
+#   (object, place). (On 50 documents per length band, docs/demo_long.md, stagger off costs most at
+#   300-1,000 tokens, 92% -> 28% exact match, and 16-38 points in the longer bands.)
 # - **Globals cut off breaks everything**, local slots included: this model routes much of its work
 #   through the 16 global tokens, which is what a model trained with them does, not proof that the task
 #   needs them.
-# - **The siblings answer that second question**: trained with the same recipe and budget, the encoder
-#   without staggering and the one without global tokens both stay well below the demo model. (These
-#   are 8 documents; docs/demo_long.md has 50-200 per length band with intervals.)
+# - **The siblings answer that second question, with a caveat**: the encoder without staggering and the
+#   one without global tokens both stay far below the demo model, but they also trained 8,000 steps less
+#   (they stop after phase 2 of the recipe). At the same budget (docs/demo_long.md, the demo model's own
+#   checkpoint after phase 2), the gap is smaller and clear only below 4,000 tokens. (These are 8
+#   documents; the docs have 50-200 per length band with intervals.)
 
 # %%
 exact = {name: t[0] for name, t in table.items()}
-assert all(exact["main"] > exact[other] for other in exact if other != "main")
+assert all(exact["main"] > exact[other] for other in exact if other != "main") and exact["main"] == 1
 assert exact["full"] == min(exact.values())
-assert table["stagger_off"][1]["name"] > 2 * table["stagger_off"][1]["verb"]
+assert exact["stagger_off"] == max(exact[a] for a in ("stagger_off", "globals_cut", "full"))
+assert table["stagger_off"][1]["name"] == 0 < table["stagger_off"][1]["place"]
 assert min(table["globals_cut"][1].values()) >= 0.2
 assert max(exact["nostagger"], exact["noglobal"]) <= exact["main"] / 2
 
@@ -202,10 +206,14 @@ for name in ("main", "stagger_off", "globals_cut", "nostagger", "noglobal"):
 # introduction where the name is (printed above; asserted below): the decoder **looks in the right
 # place**. What the ablations change is what it **finds** there — the encoder's representation of the
 # introduction, which is built with the staggered blocks and the global tokens. Try it on one fact:
-# print `encoders[name]`'s summary of `docs[0]` next to the truth, and look at which names it swapped.
+# print `encoders[name]`'s summary of `docs[0]` next to the truth (below): with stagger off the first two
+# facts trade their objects and places ("43 clocks to Thornbury" for "43 saddles to Redfern"); with the
+# globals cut off whole facts are lost or merged.
 
 # %%
 assert all(share[0] > 0.7 and share[1] < 0.05 for share in attention.values())
+assert summaries["main"][0] == docs[0]["summary"] and "43 clocks to Thornbury" in summaries["stagger_off"][0]
+assert summaries["globals_cut"][0].count(".") < docs[0]["summary"].count(".")
 print("truth:      ", docs[0]["summary"])
 for name in ("main", "stagger_off", "globals_cut"):
     print(f"{name:12s}", summaries[name][0])

@@ -3,13 +3,16 @@
     python -m tools.train_demo --out minipegx/data/demo --stop-stage 4     # phase 1: the first (short) model
                                                                            # (~43 min on 2 idle CPU cores)
     python -m tools.train_demo --out minipegx/data/demo_long --start-stage 4 --resume-from COPY_OF_DEMO
-                                                                           # phase 2: the long, default model (~35 min)
+                                                                           # phases 2 and 3: the long, default model
+                                                                           # (38 + 88 min on 2 shared cores)
     python -m tools.train_demo --variant nostagger --out minipegx/data/demo_long_nostagger \
         --start-stage 4 --stop-stage 9 --resume-from COPY_OF_DEMO         # an ablation sibling (also noglobal)
     python -m tools.train_demo --out /tmp/pilot --pilot                    # a 2-3 minute check that loss falls
 
 Phase 1 trains on demo_data.make_named_example up to 4,000 tokens; phase 2 on demo_data.make_example (names
-introduced thousands of tokens before the entries that use them) up to 16,384 tokens (docs/demo_long.md).
+introduced thousands of tokens before the entries that use them) up to 16,384 tokens; phase 3 is eight more cycles
+of mixed lengths up to 16,384 (docs/demo_long.md). Each stage's end is kept in WORK/after_<stage>, where a run
+resumes (--start-stage, --resume-from).
 
 Steps, all seeded (see docs/demo_model.md):
   1. generate text with tools/demo_data.py and train a sentencepiece vocabulary in Pegasus' layout
