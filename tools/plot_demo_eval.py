@@ -42,7 +42,7 @@ def plot(files: list[str], labels: list[str], out: str, decoding: str = "beam", 
     ax.set_ylim(-3, 103)
     ax.axhline(90, color="grey", lw=0.8, ls=":")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(title or f"held-out documents, {decoding} decoding", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, metadata={"Software": None})
