@@ -15,7 +15,7 @@
 # [arXiv:2208.04347](https://arxiv.org/abs/2208.04347), §3 and the ablations of §4). Here you take them
 # away, one at a time, and measure what breaks: on the bundled demo model at inference time (the same
 # weights), and with two **siblings** trained with the same recipe without staggering and without global
-# tokens. (The siblings stop after phase 2 of the recipe; the shipped demo model trained 8,000 steps more, in
+# tokens. (The siblings stop after phase 2 of the recipe; the shipped demo model trained 8,800 steps more, in
 # phase 3. docs/demo_long.md compares all three at the same budget.)
 #
 # The demo task needs information from far apart. A chronicle introduces its cast early on
@@ -145,28 +145,28 @@ for name, (exact, wrong) in table.items():
 # text says about it):
 #
 # - **The demo model needs all of its attention pattern.** Every ablation of its weights, and both
-#   siblings, get fewer summaries exactly right than the demo model does (it gets all 8).
+#   siblings, get fewer summaries exactly right than the demo model does (it gets 7 of the 8).
 # - **Full attention with the same weights fails worst**: the model never saw a token attend to a token
 #   more than a block away, and each token's softmax now spreads over thousands of keys.
-# - **Stagger off costs least, and not at the names.** With the same weights and unstaggered blocks the
-#   names (from another block) stay right on these documents; what goes wrong is the end of an entry
-#   (object, place). (On 50 documents per length band, docs/demo_long.md, stagger off costs most at
-#   300-1,000 tokens, 92% -> 28% exact match, and 16-38 points in the longer bands.)
+# - **Stagger off costs least of the ablations here**, and it costs every slot a little: with the same
+#   weights and unstaggered blocks, roles and names (from another block) go wrong in about one fact in
+#   nine, as often as objects. (On 50 documents per length band, docs/demo_long.md, stagger off costs most at
+#   300-1,000 tokens, 92% -> 32% exact match, and 16-34 points in the longer bands.)
 # - **Globals cut off breaks everything**, local slots included: this model routes much of its work
 #   through the 16 global tokens, which is what a model trained with them does, not proof that the task
 #   needs them.
 # - **The siblings answer that second question, with a caveat**: the encoder without staggering and the
-#   one without global tokens both stay far below the demo model, but they also trained 8,000 steps less
+#   one without global tokens both stay far below the demo model, but they also trained 8,800 steps less
 #   (they stop after phase 2 of the recipe). At the same budget (docs/demo_long.md, the demo model's own
 #   checkpoint after phase 2), the gap is smaller and clear only below 4,000 tokens. (These are 8
 #   documents; the docs have 50-200 per length band with intervals.)
 
 # %%
 exact = {name: t[0] for name, t in table.items()}
-assert all(exact["main"] > exact[other] for other in exact if other != "main") and exact["main"] == 1
+assert all(exact["main"] > exact[other] for other in exact if other != "main") and exact["main"] == 7 / 8
 assert exact["full"] == min(exact.values())
 assert exact["stagger_off"] == max(exact[a] for a in ("stagger_off", "globals_cut", "full"))
-assert table["stagger_off"][1]["name"] == 0 < table["stagger_off"][1]["place"]
+assert table["stagger_off"][1]["name"] > table["main"][1]["name"] and min(table["stagger_off"][1].values()) > 0
 assert min(table["globals_cut"][1].values()) >= 0.2
 assert max(exact["nostagger"], exact["noglobal"]) <= exact["main"] / 2
 
@@ -206,13 +206,16 @@ for name in ("main", "stagger_off", "globals_cut", "nostagger", "noglobal"):
 # introduction where the name is (printed above; asserted below): the decoder **looks in the right
 # place**. What the ablations change is what it **finds** there — the encoder's representation of the
 # introduction, which is built with the staggered blocks and the global tokens. Try it on one fact:
-# print `encoders[name]`'s summary of `docs[0]` next to the truth (below): with stagger off the first two
-# facts trade their objects and places ("43 clocks to Thornbury" for "43 saddles to Redfern"); with the
-# globals cut off whole facts are lost or merged.
+# print `encoders[name]`'s summary of `docs[0]` next to the truth (below). It is the one document of the 8
+# the demo model gets wrong, with the typical mistake of the long bands (docs/demo_long.md): two entries
+# trade a slot, here the verbs of the last two facts ("Joran delivered", "Elian sent"). With stagger off
+# more slots trade places ("43 clocks to Thornbury" for "43 saddles to Redfern"); with the globals cut
+# off whole facts are lost or merged.
 
 # %%
 assert all(share[0] > 0.7 and share[1] < 0.05 for share in attention.values())
-assert summaries["main"][0] == docs[0]["summary"] and "43 clocks to Thornbury" in summaries["stagger_off"][0]
+assert summaries["main"][0] != docs[0]["summary"] and "Joran delivered 13 anchors" in summaries["main"][0]
+assert "43 clocks to Thornbury" in summaries["stagger_off"][0]
 assert summaries["globals_cut"][0].count(".") < docs[0]["summary"].count(".")
 print("truth:      ", docs[0]["summary"])
 for name in ("main", "stagger_off", "globals_cut"):
