@@ -133,12 +133,13 @@ class Progress:
 
 
 def run_summarize(args, read):
-    """Load the model first (a bad --model fails before standard input is read), then summarize."""
+    """Load the model first (a bad --model fails before standard input is read), then summarize what
+    read(tokenizer) gives: [(name, text)]."""
     from .pipeline import load, summarize
 
     options = {k: getattr(args, k) for k in GENERATION_FLAGS if getattr(args, k, None) is not None}
     model, tok = load(args.model, None, args.backend, args.dtype, args.quantize)
-    inputs = read()
+    inputs = read(tok)
     results = []
     for name, text in inputs:
         progress = Progress(os.path.basename(name) if name != "-" else "stdin",
@@ -163,16 +164,17 @@ def run_demo(args):
     """`minipegx demo`: the long example document, summarized by the default (long) demo model, then its
     true summary."""
     from . import example_document, example_path, example_summary
-    from .model import demo_model_path
-    from .tokenizer import Tokenizer
 
     doc = example_document("long")
-    n_tokens = len(Tokenizer.from_pretrained(args.model or demo_model_path()).encode(doc))
     name = os.path.basename(example_path("long", "document"))
-    print(f"Document: minipegx/data/{name} ({n_tokens:,} tokens, {len(doc.split()):,} words). It begins:\n  "
-          f"{doc[:300].strip()} ...\n", flush=True)
-    print("Summary by the bundled demo model:", flush=True)
-    code = run_summarize(args, lambda: [(name, doc)])
+
+    def read(tok):   # the header needs the loaded model's tokenizer for the token count
+        print(f"Document: minipegx/data/{name} ({len(tok.encode(doc)):,} tokens, {len(doc.split()):,} words). "
+              f"It begins:\n  {doc[:300].strip()} ...\n", flush=True)
+        print("Summary by the bundled demo model:", flush=True)
+        return [(name, doc)]
+
+    code = run_summarize(args, read)
     if not args.json:
         print(f"\nThe true summary:\n{example_summary('long').strip()}")
     return code
@@ -212,7 +214,7 @@ def _main(argv=None):
         if args.input:
             options = {k: getattr(args, k) for k in GENERATION_FLAGS if getattr(args, k, None) is not None}
             return corpus_commands.run_corpus(args, options)
-        return run_summarize(args, lambda: read_inputs(args.files))
+        return run_summarize(args, lambda tok: read_inputs(args.files))
     except MiniPegxError as e:
         print(f"minipegx: error: {e}", file=sys.stderr)
         return EXIT_ERROR

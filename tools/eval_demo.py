@@ -219,7 +219,8 @@ def main(argv=None):
     for dname in chosen:
         for band in bands:
             t0 = time.time()
-            r = evaluate(args.model, tok, band, decodings[dname], args.procs, rouge, args.ablation, args.task, args.seed)
+            r = evaluate(args.model, tok, band, decodings[dname], args.procs, rouge, args.ablation, args.task,
+                         args.seed)
             r.update(decoding=dname, decoding_args=decodings[dname], seconds=round(time.time() - t0, 1))
             predictions.append({"band": r["band"], "decoding": dname, "predictions": r.pop("predictions")})
             results["results"].append(r)

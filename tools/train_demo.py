@@ -11,8 +11,8 @@
 
 Phase 1 trains on demo_data.make_named_example up to 4,000 tokens; phase 2 on demo_data.make_example (names
 introduced thousands of tokens before the entries that use them) up to 16,384 tokens; phase 3 is eight more cycles
-of mixed lengths up to 16,384 and a last stage of two documents per step (docs/demo_long.md). Each stage's end is kept in WORK/after_<stage>, where a run
-resumes (--start-stage, --resume-from).
+of mixed lengths up to 16,384 and a last stage of two documents per step (docs/demo_long.md). Each stage's end is
+kept in WORK/after_<stage>, where a run resumes (--start-stage, --resume-from).
 
 Steps, all seeded (see docs/demo_model.md):
   1. generate text with tools/demo_data.py and train a sentencepiece vocabulary in Pegasus' layout
@@ -129,7 +129,8 @@ PHASE3 = {
 # 2,000-16,300-token documents only (a 16k batch is one document, so uniform lengths give the long bands few
 # documents), then one uniform cycle to keep the short lengths.
 PHASE3["long"] = PHASE3["narrow"][:1] + [
-    (f"roles-longcycle{i + 2}", "roles", 1000, 2000, 16300, 16384, lr, 30) for i, lr in enumerate([4e-4, 3e-4, 2.5e-4, 2e-4])
+    (f"roles-longcycle{i + 2}", "roles", 1000, 2000, 16300, 16384, lr, 30)
+    for i, lr in enumerate([4e-4, 3e-4, 2.5e-4, 2e-4])
 ] + [("roles-longmix", "roles", 1000, 300, 16300, 16384, 1.5e-4, 30)]
 # It was stopped after its first long-only cycle: 62/66/58/56/38% (greedy, 50 documents per band) against narrow's
 # second cycle at the same step, 72/80/70/60/44%. Long documents only is worse at every length, the long ones
@@ -139,7 +140,7 @@ PHASE3["long"] = PHASE3["narrow"][:1] + [
 # 80 documents per band, none of them the reported documents) 93.8/82.5/80.0/82.5/75.0% against cycle 8's
 # 93.8/83.8/73.8/80.0/72.5% (a mean 2 points higher; small against the noise of 400 documents).
 PHASE3["narrow+wide"] = PHASE3["narrow"] + [("roles-widepolish", "roles", 800, 300, 16300, 32768, 1e-4, 20)]
-STAGES = PHASE1 + PHASE2 + PHASE3["narrow+wide"]
+SHIPPED_PHASE3 = "narrow+wide"  # the recipe of the shipped long model: PHASE1 + PHASE2 + PHASE3[SHIPPED_PHASE3]
 PILOT_STAGES = [("bootstrap", "named", 150, 40, 160, 3000, 2e-3, 100)]
 TASKS = {"named": demo_data.make_named_example, "roles": demo_data.make_example}
 # The ablation siblings: the same recipe and budget with one architectural change each. They branch off after
@@ -268,24 +269,25 @@ def save_checkpoint(model, out_dir: str, spiece: str, note: dict):
     os.replace(tmp, out_dir)
 
 
+def write_example_files(data_dir: str, stem: str, doc: str, summ: str) -> None:
+    """STEM_document.txt and STEM_summary.txt, the names minipegx.example_path reads."""
+    for kind, text in (("document", doc), ("summary", summ)):
+        with open(os.path.join(data_dir, f"{stem}_{kind}.txt"), "w") as f:
+            f.write(text + "\n")
+
+
 def write_example(data_dir: str) -> None:
     """minipegx/data/example_document.txt and its true summary: a held-out document of ~2,500 tokens of the
     first (short) demo model's task (phase 1's; example_document("short"), the notebooks' document)."""
     doc, summ = demo_data.make_named_example(random.Random(EXAMPLE_SEED), EXAMPLE_TOKENS, n_facts=4)
-    with open(os.path.join(data_dir, "example_document.txt"), "w") as f:
-        f.write(doc + "\n")
-    with open(os.path.join(data_dir, "example_summary.txt"), "w") as f:
-        f.write(summ + "\n")
+    write_example_files(data_dir, "example", doc, summ)
 
 
 def write_long_example(data_dir: str) -> None:
     """minipegx/data/example_long_document.txt and its true summary: a held-out document of ~12,000 tokens of
     the long (default) demo model's roles task (`minipegx demo` summarizes it)."""
     doc, summ = demo_data.make_example(random.Random(EXAMPLE_LONG_SEED), EXAMPLE_LONG_TOKENS)
-    with open(os.path.join(data_dir, "example_long_document.txt"), "w") as f:
-        f.write(doc + "\n")
-    with open(os.path.join(data_dir, "example_long_summary.txt"), "w") as f:
-        f.write(summ + "\n")
+    write_example_files(data_dir, "example_long", doc, summ)
 
 
 def enter_phase2(model, tok, variant: str):
@@ -335,8 +337,9 @@ def main():
                                           "(WORK/after_<stage>; the phase-1 result is the first demo model)")
     ap.add_argument("--stop-stage", type=int, help="stop before this stage index (run the recipe in parts)")
     ap.add_argument("--skip-eval", action="store_true")
-    ap.add_argument("--phase3", choices=sorted(PHASE3), default="narrow+wide",
-                    help="phase 3's batch width (stages from index %d on)" % (len(PHASE1) + len(PHASE2)))
+    ap.add_argument("--phase3", choices=sorted(PHASE3), default=SHIPPED_PHASE3,
+                    help="which phase 3 to run (stages from index %d on; the others are the runs that were "
+                         "stopped or not shipped)" % (len(PHASE1) + len(PHASE2)))
     args = ap.parse_args()
 
     import torch
