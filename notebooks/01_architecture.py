@@ -314,8 +314,10 @@ print("last entry == final layer norm   :", np.abs(hs[-1] - y).max(),
 #
 # The same checkpoint directory loads in `transformers.PegasusXForConditionalGeneration`. We run both
 # on the same inputs and print the largest absolute difference of every output, next to the largest
-# value (the scale) and their ratio. They agree to float32 rounding: the last column stays below 1e-5
-# (asserted; it prints a few 1e-8 to a few 1e-6). The hidden states grow with depth (and the un-normalized
+# value (the scale) and their ratio. They agree to float32 rounding: every row is within the parity
+# tolerance `LONG_INPUTS` of `minipegx.tolerances`, 1e-4 + 1e-5 · max|ref| (asserted: a bound that holds on
+# any CPU; the ratios themselves, a few 1e-8 to a few 1e-6 when we ran it, change with the machine's BLAS
+# kernels). The hidden states grow with depth (and the un-normalized
 # global tokens most), so their absolute differences are larger. Only the order of floating-point sums
 # differs. If transformers (or torch) is not installed, this cell says so and skips the comparison.
 
@@ -335,12 +337,14 @@ else:
     mine = model(input_ids=ids, attention_mask=attention_mask, decoder_input_ids=dec_ids,
                  output_hidden_states=True, output_attentions=True)
 
-    relative = []
+    from minipegx.tolerances import LONG_INPUTS
+
+    within = []
 
     def row(name, a, b):
         b = b.detach().double().numpy()
         err, scale = np.abs(np.asarray(a, np.float64) - b).max(), np.abs(b).max()
-        relative.append(err / scale)
+        within.append(LONG_INPUTS.holds(a, b))
         print(f"{name:34s} {str(tuple(a.shape)):>18s}  max |err| {err:8.1e}  max |ref| {scale:8.1e}  ratio {err / scale:8.1e}")
 
     row("logits", mine.logits, r.logits)
@@ -357,7 +361,7 @@ else:
         row(f"decoder hidden state {i}", a, b_)
     for i, (a, b_) in enumerate(zip(mine.cross_attentions, r.cross_attentions)):
         row(f"cross-attention {i}", a, b_)
-    assert max(relative) < 1e-5
+    assert all(within)
 
 # %% [markdown]
 # **Next:** `02_attention.ipynb` draws the attention patterns of these layers and the real

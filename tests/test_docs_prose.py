@@ -1,11 +1,16 @@
-"""The numbers docs/parity.md states are the numbers the code gives today.
+"""The numbers docs/parity.md states are the numbers the code gives today, within bounds that hold on any CPU.
 
 The sample report in "Reading a report" is the output of the Python block above it: the test runs that
-block and compares what it prints with what the page shows, line by line (names, shapes and flags
-exactly; numbers to 5 %, since another BLAS may round a last digit differently). The long-input
-paragraph's figures are rerun and asserted as the bounds the page states. Both need transformers (the
-`test` extra): the reference is the point of the page.
+block and compares what it prints with what the page shows, line by line. Names, shapes and flags must
+match exactly. A row's max |ref| is a magnitude of the reference's values and a flagged row's max |err| is
+the size of the planted bug: both move by ~1e-6 relative from one BLAS to another, so 5 % is a wide margin.
+The max |err| of a row within tolerance is rounding noise whose last digits depend on the kernels (one
+machine's figure must not become a bound, issue 24): there the test checks only that it is within the
+tolerance, which the flag column already states. The long-input paragraph's claim is the tolerance ladder's
+bound; the figures it quotes are labelled as measured on one machine, and the test asserts the bound.
+Both need transformers (the `test` extra): the reference is the point of the page.
 """
+
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import minipegx
+from minipegx.tolerances import LONG_INPUTS
 
 PARITY_MD = Path(__file__).resolve().parents[1] / "docs" / "parity.md"
 NUMBER = re.compile(r"[-+]?\d+\.\d+e[-+]\d+")
@@ -44,8 +50,11 @@ def test_the_sample_report_is_what_its_code_prints(page):
     assert len(got) == len(want), f"the page shows {len(want)} lines, the code prints {len(got)}"
     for g, w in zip(got, want):
         assert NUMBER.sub("#", g) == NUMBER.sub("#", w), f"docs/parity.md shows\n  {w}\nthe code prints\n  {g}"
-        for a, b in zip(map(float, NUMBER.findall(g)), map(float, NUMBER.findall(w))):
-            assert abs(a - b) <= 0.05 * abs(b) + 1e-6, f"docs/parity.md shows\n  {w}\nthe code prints\n  {g}"
+        numbers = list(zip(map(float, NUMBER.findall(g)), map(float, NUMBER.findall(w))))
+        if len(numbers) == 2 and not g.rstrip().endswith(("<-- diverges", "x")):
+            numbers = numbers[1:]     # within tolerance: max |err| is rounding noise (the flag says it is in bounds)
+        for a, b in numbers:
+            assert abs(a - b) <= 0.05 * abs(b), f"docs/parity.md shows\n  {w}\nthe code prints\n  {g}"
 
 
 def test_the_long_input_paragraph_states_what_compare_measures(page):
@@ -57,11 +66,12 @@ def test_the_long_input_paragraph_states_what_compare_measures(page):
     ids = minipegx.Tokenizer.from_pretrained(path)([doc], return_tensors="np")["input_ids"]
     assert ids.shape[1] == 2498 and '(2,498 tokens as\n`minipegx.example_document("short")` gives it' in page
     report = parity.compare(path, ids, steps=2)
-    rows = {r.name: r for r in report.rows}
     layers = [r for r in report.rows if re.fullmatch(r"model\.encoder\.layers\.\d+", r.name)]
-    assert report.ok                                                              # "passes every intermediate"
-    assert rows["model.encoder.embed_positions"].max_abs_err < 1e-7               # "agrees to 6e-8"
-    assert max(r.max_abs_err for r in layers) < 5e-5                              # "the encoder layers to 2e-5"
-    assert round(max(r.ref_scale for r in layers)) == 53                          # "on values up to 53"
-    assert rows["model.encoder.layer_norm"].max_abs_err < 1e-5                    # "final output to 3e-6"
-    assert max(r.max_abs_err for r in report.rows if r.name.endswith("lm_head")) < 1e-5   # "logits to 5e-6"
+    # "passes every intermediate at the default tolerances": the LONG_INPUTS rung, 1e-4 + 1e-5 * max|ref|,
+    # which holds on any IEEE-754 machine (tolerances.py says why); the figures the page quotes are marked
+    # as measured on one machine and are not asserted (another BLAS changes their last digits).
+    assert (report.atol, report.rtol) == (LONG_INPUTS.atol, LONG_INPUTS.rtol)
+    assert report.ok, str(report)
+    assert "passes every intermediate at the default tolerances" in " ".join(page.split())
+    # "on values up to 53": the reference's own magnitude (53.31), ~1e-6 relative from kernel to kernel.
+    assert round(max(r.ref_scale for r in layers)) == 53

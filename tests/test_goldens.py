@@ -2,7 +2,8 @@
 (written by tools/make_goldens.py; versions recorded in the .npz). Runs on any install of minipegx.
 
 Tolerances (minipegx.tolerances): fp32 logits LOGITS (the weights are scaled x10 so logits are O(1));
-the encoder output TINY_FP32 x 10, relative to its O(10) scale; generated ids exactly equal."""
+the encoder output TINY_FP32 x 10, relative to its O(10) scale; generated ids exactly equal, after a check
+that no decision of those searches is within the rounding noise another machine's kernels may add."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 import minipegx
 from minipegx.tolerances import LOGITS, TINY_FP32
+from ties import assert_no_near_tie
 
 GOLDENS = Path(__file__).parent / "goldens"
 
@@ -42,13 +44,22 @@ def test_decoder_hidden_state_equals_the_recorded_reference(model, golden):
     assert np.abs(out.decoder_hidden_states[1] - golden["decoder_hidden_state_1"]).max() <= LOGITS.atol
 
 
+GREEDY = dict(num_beams=1, max_new_tokens=8, min_new_tokens=8)
+BEAM3 = dict(num_beams=3, max_new_tokens=8, length_penalty=0.8)
+
+
+@pytest.mark.parametrize("options", [GREEDY, BEAM3], ids=["greedy", "beam3"])
+def test_the_recorded_searches_have_no_near_tie(model, golden, options):
+    # The recorded ids were made on one machine; they are the same on every machine only because no decision
+    # of these searches is within the LOGITS rung's noise (tests/ties.py).
+    assert_no_near_tie(model, golden["input_ids"], golden["attention_mask"], rung=LOGITS, **options)
+
+
 def test_greedy_ids_equal_the_recorded_reference(model, golden):
-    ids = model.generate(golden["input_ids"], golden["attention_mask"], num_beams=1, max_new_tokens=8,
-                         min_new_tokens=8)
+    ids = model.generate(golden["input_ids"], golden["attention_mask"], **GREEDY)
     assert np.array_equal(np.asarray(ids), golden["greedy_ids"])
 
 
 def test_beam_search_ids_equal_the_recorded_reference(model, golden):
-    ids = model.generate(golden["input_ids"], golden["attention_mask"], num_beams=3, max_new_tokens=8,
-                         length_penalty=0.8)
+    ids = model.generate(golden["input_ids"], golden["attention_mask"], **BEAM3)
     assert np.array_equal(np.asarray(ids), golden["beam3_ids"])
