@@ -29,6 +29,7 @@ import itertools
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,17 +78,19 @@ def environment(kernel: str, torch_kernels: str, threads: int) -> dict[str, str]
     return env
 
 
-def run(setting, paths, extra) -> tuple[int, str, float]:
+def run(setting, paths, extra, log_dir: Path) -> tuple[int, str, float]:
     kernel, torch_kernels, threads = setting
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths, *extra]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=environment(*setting), capture_output=True, text=True)
+    log = log_dir / f"{kernel}-{torch_kernels}-{threads}thread.log"
+    log.write_text(done.stdout + done.stderr)
     lines = (done.stdout + done.stderr).strip().splitlines()
     summary = next((ln for ln in reversed(lines) if " passed" in ln or " failed" in ln or " error" in ln),
                    lines[-1] if lines else "(no output)")
     if done.returncode:
         failures = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
-        summary += "".join(f"\n      {ln}" for ln in failures)
+        summary += "".join(f"\n      {ln}" for ln in failures) + f"\n      whole log: {log}"
     return done.returncode, summary, time.perf_counter() - start
 
 
@@ -96,6 +99,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="every kernel x torch kernels x threads combination")
     parser.add_argument("--all", action="store_true", help="the whole suite, not only the numeric tests")
+    parser.add_argument("--logs", type=Path, default=None, help="folder for each setting's pytest log "
+                        "(default: a new temporary folder)")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args(argv)
 
@@ -106,9 +111,12 @@ def main(argv=None) -> int:
     paths = [] if args.all else NUMERIC_TESTS
     for s in skipped:
         print(f"not run: OpenBLAS {s[0]} needs {OPENBLAS_KERNELS[s[0]]}, which this CPU lacks")
+    log_dir = args.logs or Path(tempfile.mkdtemp(prefix="check_kernels-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"logs: {log_dir}")
     failed = 0
     for setting in matrix:
-        code, summary, seconds = run(setting, paths, args.pytest_args)
+        code, summary, seconds = run(setting, paths, args.pytest_args, log_dir)
         failed += bool(code)
         kernel, torch_kernels, threads = setting
         print(f"{'FAIL' if code else 'ok  '}  OpenBLAS {kernel:<11} torch {torch_kernels:<8} threads {threads}"
