@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from ..errors import CorpusError, TruncationWarning
-from .files import Appender, read_corpus, read_done, repair_output
+from .files import Appender, check_not_input, check_output_path, input_files, read_corpus, read_done, repair_output
 from .work import Job, ModelSpec, limit_blas_threads, plan_batches, summarize_batch, token_lengths
 
 
@@ -54,19 +54,33 @@ def model_spec(model, backend, dtype, quantize) -> ModelSpec:
     return ModelSpec(os.path.abspath(path), backend, dtype, quantize)
 
 
-def plan(records, spec, text_field, batch_size, batch_tokens, max_input_length):
-    """(batches of record indices, input limit, documents longer than it), from the client's tokenizer."""
+def input_limit(spec, max_input_length):
+    """(tokens the model reads of each document, the client's tokenizer)."""
     from ..config import PegasusXConfig
     from ..tokenizer import Tokenizer
 
-    if batch_size < 1 or batch_tokens < 1:
-        raise CorpusError(f"batch_size and batch_tokens must be positive, got {batch_size} and {batch_tokens}")
     limit = max_input_length or PegasusXConfig.from_json_file(os.path.join(spec.path, "config.json")
                                                               ).max_position_embeddings
-    tok = Tokenizer.from_pretrained(spec.path)
-    full = token_lengths([r.fields[text_field] for r in records], tok, 10**12)
+    return limit, Tokenizer.from_pretrained(spec.path)
+
+
+def char_budget(limit, tokenizer) -> int:
+    """Characters of a document read at most: `limit` tokens of the tokenizer's longest piece each
+    (no token covers more text), twice over for what normalization drops (runs of spaces, control
+    characters, combining marks), plus one piece for the word the cut lands in."""
+    sp = tokenizer.sp
+    longest = max(len(sp.id_to_piece(i)) for i in range(sp.get_piece_size()))
+    return 2 * limit * longest + longest
+
+
+def plan(records, tokenizer, text_field, batch_size, batch_tokens, limit):
+    """(batches of record indices, documents longer than the limit), from the client's tokenizer.
+    The texts were cut to char_budget as they were read, so tokenizing one costs what the limit does."""
+    if batch_size < 1 or batch_tokens < 1:
+        raise CorpusError(f"batch_size and batch_tokens must be positive, got {batch_size} and {batch_tokens}")
+    full = token_lengths([r.fields[text_field] for r in records], tokenizer, 10**12)
     batches = plan_batches([min(n, limit) for n in full], batch_size, batch_tokens)
-    return batches, limit, sum(n > limit for n in full)
+    return batches, sum(n > limit or r.cut for n, r in zip(full, records))
 
 
 def in_process(job, batches, blas_threads=None):
@@ -95,15 +109,18 @@ def summarize_corpus(input, output, *, model=None, id_field="id", text_field="te
     listed in the result's `malformed`). Generation options are those of minipegx.summarize.
     Returns a CorpusRun."""
     start = time.perf_counter()
+    check_output_path(output)                     # before any work: a FIFO would block, a folder cannot be written
+    check_not_input(input, output)
     spec = model_spec(model, backend, dtype, quantize)
-    records, malformed = read_corpus(input, id_field, text_field, on_malformed)
+    limit, tokenizer = input_limit(spec, max_input_length)
+    records, malformed = read_corpus(input, id_field, text_field, on_malformed, char_budget(limit, tokenizer))
     run = CorpusRun(output=output, documents=len(records), malformed=malformed)
-    batches, limit, run.truncated = plan(records, spec, text_field, batch_size, batch_tokens, max_input_length)
+    batches, run.truncated = plan(records, tokenizer, text_field, batch_size, batch_tokens, limit)
     if run.truncated:
         warnings.warn(f"{run.truncated} of {len(records)} documents are longer than {limit} tokens and are cut "
                       "to it (set max_input_length / --max-input-length)", TruncationWarning, stacklevel=2)
     job = Job(spec, limit, tuple(sorted(generation_options.items())))
-    with Appender(output) as out:                 # the lock first: nobody else is repairing or appending
+    with Appender(output, refuse=input_files(input)) as out:                 # the lock first: nobody else is repairing or appending
         run.repaired_bytes = repair_output(output)
         done = read_done(output, id_field)
         ids = {r.id for r in records}

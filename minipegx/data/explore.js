@@ -306,4 +306,5 @@ function select(q, scroll = true) {
   draw(); status(q);
 }
 showSummary(-1);
-select(D.keySpans.length ? D.keySpans[0][0] + 5 : Math.min(T - 1, 3 * K + 7));
+document.getElementById("start").textContent = D.startNote;
+select(D.start);

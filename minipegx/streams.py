@@ -1,0 +1,42 @@
+"""Standard input and output for the command line: a closed or broken stream is a one-line error.
+
+`minipegx summarize - <&-` starts with no standard input at all (sys.stdin is None), `>&-` with no
+standard output, `> /dev/full` with one that fails at the first flush. Each is a MiniPegxError naming
+the stream (exit 1). A reader that went away (EPIPE: `| head -c0`) is left a BrokenPipeError, which the
+CLI turns into a quiet exit 141, the shell's own convention for a pipeline cut short.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .errors import MiniPegxError
+
+
+def read_stdin() -> bytes:
+    """All of standard input; a one-line error when it is closed (`<&-`) or cannot be read (a folder,
+    a write-only descriptor)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise MiniPegxError("standard input is closed; give a FILE, or pipe the text in")
+    try:
+        return stream.read()
+    except OSError as e:
+        raise MiniPegxError(f"cannot read standard input: {e.strerror or e}") from None
+    except ValueError:  # a file object closed by the caller: "I/O operation on closed file"
+        raise MiniPegxError("standard input is closed; give a FILE, or pipe the text in") from None
+
+
+def write_stdout(text: str) -> None:
+    """print() to standard output, flushed; a one-line error when it is closed or cannot be written
+    (`>&-`, /dev/full). A reader that went away (EPIPE) stays a BrokenPipeError: exit 141, quietly."""
+    if sys.stdout is None:
+        raise MiniPegxError("standard output is closed; redirect it to a file (> out.txt)")
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise MiniPegxError(f"cannot write standard output: {e.strerror or e}") from None
+    except ValueError:
+        raise MiniPegxError("standard output is closed; redirect it to a file (> out.txt)") from None
