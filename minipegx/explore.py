@@ -185,6 +185,16 @@ def check_attention_cost(cfg, T, limit=None):
     return need
 
 
+def config_rows(cfg, width=200):
+    """[[name, value as JSON text]] of the checkpoint's config.json (its unknown fields included), each
+    value cut to `width` characters: the page's "model configuration" table."""
+    rows = []
+    for name, value in sorted(cfg.to_dict().items()):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        rows.append([str(name)[:width], text if len(text) <= width else text[:width - 1] + "\u2026"])
+    return rows
+
+
 def summary_data(model, tokenizer, ids, mask, generation_options=None):
     """Generate a summary and read its cross-attention (mean over decoder layers and heads): each
     generated token's row is the attention of the step that produced it -> (pieces [S], [S, T])."""
@@ -219,7 +229,7 @@ def build(text, model=None, tokenizer=None, title=None, summarize=True, generati
             "T": T, "G": cfg.num_global_tokens, "K": cfg.block_size, "H": cfg.encoder_attention_heads,
             "layersCount": cfg.encoder_layers, "levels": LEVELS_PER_OCTAVE,
             "tokens": display_pieces(pieces), "sentences": sentence_spans(pieces),
-            "keySpans": key_spans, "start": start, "startNote": note,
+            "keySpans": key_spans, "start": start, "startNote": note, "config": config_rows(cfg),
             "layers": encoder_data(views, row_budget, global_budget)}
     del views
     if summarize:

@@ -274,6 +274,10 @@ options("layer", L, i => `${i}${layers[i].shift ? " (staggered)" : ""}`).onchang
 options("global", G, i => `g${i}`).onchange = e => { state.global = +e.target.value; draw(); };
 document.getElementById("mode").onchange = e => { state.mode = e.target.value; draw(); };
 document.getElementById("title").textContent = D.title;
+for (const [name, value] of D.config || []) {  // text nodes only: a value is shown, never parsed as HTML
+  const row = document.getElementById("config").insertRow();
+  row.insertCell().textContent = name; row.insertCell().textContent = value;
+}
 document.getElementById("meta").textContent =
   ` · ${D.model} · T=${T} tokens, K=${K}, G=${G}, ${L} encoder layers, mean over ${D.H} heads`;
 document.addEventListener("keydown", e => {
