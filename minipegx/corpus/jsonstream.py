@@ -70,6 +70,15 @@ class _Chars:
         self.offset += len(data)
         self.buf, self.pos = self.buf[self.pos:] + text, 0
 
+    def extend(self) -> bool:
+        """Append the next chunk to what is left of the buffer (False at the end of the line)."""
+        if self.ended:
+            return False
+        data = self.more()
+        self.ended = not data
+        self._add(data)
+        return bool(data)
+
     def peek(self) -> str:
         """The next character, not consumed ("" at the end of the line)."""
         while self.pos >= len(self.buf):
@@ -98,54 +107,74 @@ class _Chars:
             self.pos += 1
 
 
-_PLAIN = re.compile(r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*')   # characters and whole escapes
-_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _SCALAR = re.compile(r'[^,}\]\s]*')
+_OPEN_ESCAPE = re.compile(r'\\(?:u[0-9a-fA-F]{0,3})?\Z')      # an escape the chunk cuts: \ or \u12
+
+
+def _closing_quote(buf: str, pos: int) -> int:
+    """Index of the first quote at or after pos that ends the string (one not escaped), or -1."""
+    start = pos
+    while True:
+        q = buf.find('"', start)
+        if q < 0:
+            return -1
+        b = q
+        while b > pos and buf[b - 1] == "\\":
+            b -= 1
+        if (q - b) % 2 == 0:                  # an even run of backslashes before it: they escape each other
+            return q
+        start = q + 1
 
 
 def _string(s: _Chars, keep: int) -> tuple[str, bool]:
-    """A JSON string after its opening quote: (its first `keep` characters, whether it had more)."""
+    """A JSON string after its opening quote: (its first `keep` characters, whether it had more).
+
+    Each chunk's part of the string is found with str.find and decoded (and so checked) by json itself,
+    a chunk at a time; an escape cut by the end of a chunk waits for the next one."""
     room = keep + 1                           # one more: the low half of a surrogate pair, joined at the end
     parts, kept, dropped = [], 0, False
 
     def add(text):
         nonlocal kept, dropped
+        if not text:
+            return
         if kept >= room:
             dropped = True
             return
         if parts and "\ud800" <= parts[-1][-1] <= "\udbff" and "\udc00" <= text[0] <= "\udfff":
-            kept -= 1                         # a pair split between two runs is one character
+            kept -= 1                         # a pair split between two chunks is one character
         parts.append(text[:room - kept])
         dropped = dropped or len(text) > room - kept
         kept += len(text)
 
     while True:
-        piece = s.run(_PLAIN)
-        if piece:                             # json decodes the run's escapes (a lone surrogate stays one)
-            add(json.loads('"' + piece + '"') if "\\" in piece else piece)
-            continue
-        c = s.take()
-        if c == '"':
+        if s.peek() == "":
+            raise CorpusError("not JSON (the line ends inside a string)")
+        buf, pos = s.buf, s.pos
+        q = _closing_quote(buf, pos)
+        if q >= 0:
+            piece, s.pos = buf[pos:q], q + 1
+        else:
+            end = len(buf)
+            tail = _OPEN_ESCAPE.search(buf, max(pos, end - 6))
+            if tail is not None:              # is that backslash itself escaped? (an even run before it)
+                b = tail.start()
+                while b > pos and buf[b - 1] == "\\":
+                    b -= 1
+                if (tail.start() - b) % 2 == 0:
+                    end = tail.start()
+            piece, s.pos = buf[pos:end], end
+        try:
+            add(json.loads('"' + piece + '"') if ("\\" in piece or not piece.isprintable()) else piece)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"not JSON ({e.msg} in a string)") from None
+        if q >= 0:
             # \ud83d\ude00 split over two chunks arrives as two characters: join the pairs, keep a lone
             # surrogate as it is (as json does)
             text = "".join(parts).encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
             return text[:keep], dropped or len(text) > keep
-        if c == "\\":
-            e = s.take()
-            if e == "u":
-                digits = "".join(s.take() for _ in range(4))
-                if not re.fullmatch("[0-9a-fA-F]{4}", digits):
-                    raise CorpusError(f"not JSON (a bad \\u escape {digits!r})")
-                ch = chr(int(digits, 16))
-            elif e in _ESCAPES:
-                ch = _ESCAPES[e]
-            else:
-                raise CorpusError(f"not JSON (a bad escape \\{e})")
-            add(ch)
-        elif c == "":
+        if s.pos < len(s.buf) and not s.extend():
             raise CorpusError("not JSON (the line ends inside a string)")
-        else:
-            raise CorpusError("not JSON (a control character inside a string)")
 
 
 def _value(s: _Chars, keep: int):

@@ -74,13 +74,15 @@ def char_budget(limit, tokenizer) -> int:
 
 
 def plan(records, tokenizer, text_field, batch_size, batch_tokens, limit):
-    """(batches of record indices, documents longer than the limit), from the client's tokenizer.
-    The texts were cut to char_budget as they were read, so tokenizing one costs what the limit does."""
+    """(batches of record indices, documents longer than the limit, documents whose first char_budget
+    characters hold fewer tokens than the limit), from the client's tokenizer. The texts were cut to
+    char_budget as they were read, so tokenizing one costs what the limit does."""
     if batch_size < 1 or batch_tokens < 1:
         raise CorpusError(f"batch_size and batch_tokens must be positive, got {batch_size} and {batch_tokens}")
     full = token_lengths([r.fields[text_field] for r in records], tokenizer, 10**12)
     batches = plan_batches([min(n, limit) for n in full], batch_size, batch_tokens)
-    return batches, sum(n > limit or r.cut for n, r in zip(full, records))
+    short = sum(r.cut and n < limit for n, r in zip(full, records))
+    return batches, sum(n > limit or r.cut for n, r in zip(full, records)), short
 
 
 def in_process(job, batches, blas_threads=None):
@@ -113,9 +115,14 @@ def summarize_corpus(input, output, *, model=None, id_field="id", text_field="te
     check_not_input(input, output)
     spec = model_spec(model, backend, dtype, quantize)
     limit, tokenizer = input_limit(spec, max_input_length)
-    records, malformed = read_corpus(input, id_field, text_field, on_malformed, char_budget(limit, tokenizer))
+    budget = char_budget(limit, tokenizer)
+    records, malformed = read_corpus(input, id_field, text_field, on_malformed, budget)
     run = CorpusRun(output=output, documents=len(records), malformed=malformed)
-    batches, run.truncated = plan(records, tokenizer, text_field, batch_size, batch_tokens, limit)
+    batches, run.truncated, short = plan(records, tokenizer, text_field, batch_size, batch_tokens, limit)
+    if short:
+        warnings.warn(f"{short} documents hold fewer than {limit} tokens in their first {budget:,} characters "
+                      "(mostly spaces, control characters or combining marks): the model reads only those "
+                      "characters of them", TruncationWarning, stacklevel=2)
     if run.truncated:
         warnings.warn(f"{run.truncated} of {len(records)} documents are longer than {limit} tokens and are cut "
                       "to it (set max_input_length / --max-input-length)", TruncationWarning, stacklevel=2)
