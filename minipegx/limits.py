@@ -63,7 +63,7 @@ class Limits:
     max_block_size: int = 4096            # local attention costs block_size^2 per head, even for a short input
     max_global_tokens: int = 4096
     # what a page of `minipegx explore` may allocate for one document's attention (explore.attention_bytes);
-    # the demo models at 16,384 tokens need 0.07 GiB, pegasus-x-base 1.7 GiB, -large 2.3 GiB
+    # the demo models at 16,384 tokens need 0.06 GiB, pegasus-x-base 1.7 GiB, -large 2.3 GiB
     max_attention_bytes: int = 2 << 30
 
     def __post_init__(self):

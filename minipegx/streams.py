@@ -29,14 +29,26 @@ def read_stdin() -> bytes:
 
 def write_stdout(text: str) -> None:
     """print() to standard output, flushed; a one-line error when it is closed or cannot be written
-    (`>&-`, /dev/full). A reader that went away (EPIPE) stays a BrokenPipeError: exit 141, quietly."""
+    (`>&-`, /dev/full). A reader that went away (EPIPE) stays a BrokenPipeError: exit 141, quietly.
+    A file name that is not valid in the output's encoding (bytes Python kept as lone surrogates) is
+    written back as its original bytes (surrogateescape), else with backslash escapes."""
     if sys.stdout is None:
         raise MiniPegxError("standard output is closed; redirect it to a file (> out.txt)")
     try:
-        print(text, flush=True)
+        try:
+            print(text, flush=True)
+        except UnicodeEncodeError:
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            try:
+                data = (text + "\n").encode(encoding, "surrogateescape")
+            except UnicodeEncodeError:
+                data = (text + "\n").encode(encoding, "backslashreplace")
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
     except BrokenPipeError:
         raise
     except OSError as e:
         raise MiniPegxError(f"cannot write standard output: {e.strerror or e}") from None
-    except ValueError:
+    except (ValueError, AttributeError):   # closed by the caller, or a replacement stream without .buffer
         raise MiniPegxError("standard output is closed; redirect it to a file (> out.txt)") from None

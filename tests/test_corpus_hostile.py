@@ -89,7 +89,7 @@ def test_the_appender_refuses_a_fifo_put_in_place_after_the_checks(tmp_path):
     ("9" * 5000, "more than 40 digits"),
     ("2" + "0" * 20, "out of range"),
     ('"\\ud800 lone"', "lone surrogate"),
-    ('"' + "x" * 2000 + '"', "2,000 characters"),
+    ('"' + "x" * 2000 + '"', "more than 1,024 characters"),
     ("true", "string or an integer"),
     ("1.5", "string or an integer"),
     ("null", "string or an integer"),
@@ -203,3 +203,10 @@ def test_a_folder_file_with_bad_utf8_after_its_budget_is_still_malformed(tmp_pat
     (folder / "bad.txt").write_bytes(b"word " * 400_000 + b"\xff")
     with pytest.raises(CorpusError, match=r"bad\.txt: not valid UTF-8 \(bad byte at offset 2000000\)"):
         files.read_corpus(folder, budget=1000)
+
+
+def test_the_budget_docs_corpus_md_states_for_the_demo_models():
+    """docs/corpus.md and docs/security.md: 2 L p + p = 393,228 characters at L = 16,384 (p = 12)."""
+    for which in ("short", "long"):
+        tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path(which))
+        assert char_budget(16384, tok) == 393_228

@@ -125,3 +125,15 @@ def test_a_model_whose_attention_exceeds_the_limit_is_refused_before_it_allocate
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "GiB" in err and "max_attention_bytes" in err and "--batch-size" not in err
     assert not (tmp_path / "p.html").exists()
+
+
+def test_the_attention_figures_docs_explore_md_states():
+    """0.07 GiB for the demo models at 16,384 tokens, 1.7 for pegasus-x-base, 2.3 for -large (its
+    config's sizes), against the 2 GiB default."""
+    def gib(**sizes):
+        return round(explore.attention_bytes(minipegx.PegasusXConfig(**sizes), 16384) / 2**30, 2)
+    demo = minipegx.PegasusXConfig.from_json_file(minipegx.demo_model_path() + "/config.json")
+    assert round(explore.attention_bytes(demo, 16384) / 2**30, 2) == 0.06
+    assert gib(block_size=512, num_global_tokens=128, encoder_attention_heads=12, encoder_layers=12, d_model=768) == 1.74
+    assert gib(block_size=512, num_global_tokens=128, encoder_attention_heads=16, encoder_layers=16) == 2.32
+    assert limits.current().max_attention_bytes == 2 * 2**30

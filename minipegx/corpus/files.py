@@ -51,8 +51,8 @@ def check_id(x, id_field="id"):
                           f"integers below 2^63")
     if isinstance(x, str):
         if len(x) > MAX_ID_CHARS:
-            raise CorpusError(f"the {id_field!r} field is {len(x):,} characters long; an id holds at most "
-                              f"{MAX_ID_CHARS:,}")
+            raise CorpusError(f"the {id_field!r} field has more than {MAX_ID_CHARS:,} characters; an id is a "
+                              f"name of at most {MAX_ID_CHARS:,}")
         if re.search("[\ud800-\udfff]", x):
             raise CorpusError(f"the {id_field!r} field {bounded_repr(x)} holds a lone surrogate (an escape "
                               "such as \\ud800 without its pair), which cannot be written as UTF-8")
