@@ -28,9 +28,9 @@ def int_at_least(lo):
         try:
             v = int(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r:.40}") from None
         if v < lo:
-            raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {v}")
+            raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {s!r:.40}")
         return v
     return parse
 

@@ -213,7 +213,13 @@ def build(text, model=None, tokenizer=None, title=None, summarize=True, generati
     (the bundled default, long, demo model). Documents longer than 16,384 tokens are refused (cut them first)."""
     from .pipeline import load
 
+    from .corpus.run import char_budget
+
     model, tokenizer = load(model, tokenizer)
+    budget = char_budget(MAX_TOKENS, tokenizer)         # no token covers more: a longer text cannot fit
+    if isinstance(text, str) and len(text) > budget:    # refused before tokenizing it (time and memory)
+        raise InputError(f"the document has {len(text):,} characters; the page holds at most {MAX_TOKENS} tokens, "
+                         f"which with this tokenizer cover at most {budget:,} characters: cut the text")
     batch = tokenizer([text], return_tensors="np")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     T = ids.shape[1]
@@ -284,7 +290,14 @@ def write_page(data, path):
 
 
 def run_cli(args, read_inputs, write=print):
-    """`minipegx explore FILE --out page.html [--model DIR] [--no-summary]`."""
+    """`minipegx explore FILE --out page.html [--model DIR] [--no-summary]`. The page is never written over
+    a file explore reads (the document, the model's files), nor to a FIFO or a folder: checked first."""
+    from .corpus.files import check_not_reading, check_output_path, read_files
+    from .model import demo_model_path
+
+    check_output_path(args.out, "--out", InputError)
+    model_dir = args.model if args.model is not None else demo_model_path()
+    check_not_reading(args.out, read_files([None if args.file == "-" else args.file, model_dir]), "--out", InputError)
     (name, text), = read_inputs([args.file])
     title = "minipegx explore: " + (os.path.basename(name) if name != "-" else "stdin")
     data = build(text, args.model, title=title, summarize=not args.no_summary)

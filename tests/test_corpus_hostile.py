@@ -210,3 +210,28 @@ def test_the_budget_docs_corpus_md_states_for_the_demo_models():
     for which in ("short", "long"):
         tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path(which))
         assert char_budget(16384, tok) == 393_228
+
+
+def test_an_output_that_is_one_of_the_models_files_is_refused(corpus, tmp_path):
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(minipegx.demo_model_path("short"), model)
+    before = (model / "config.json").read_bytes()
+    one_line_error(*cli("--input", corpus, "--output", model / "config.json", "--model", model), "which this run reads")
+    assert (model / "config.json").read_bytes() == before
+
+
+def test_an_input_that_is_not_a_regular_file_is_refused_without_reading_it(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    one_line_error(*cli("--input", tmp_path / "fifo", "--output", tmp_path / "o.jsonl", timeout=60), "FIFO")
+
+
+def test_a_long_line_of_whitespace_is_blank_and_a_long_damaged_one_is_malformed(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b" " * 3_000_000 + b"\n" + b'{"id": 1, "text": "a b."}\n' + b'{"id": 2, "text": "' + b"x" * 3_000_000
+                     + b"\n")
+    with pytest.raises(CorpusError, match="line 3: not JSON"):
+        files.read_corpus(path, budget=100)
+    records, malformed = files.read_corpus(path, budget=100, on_malformed="skip")
+    assert [r.id for r in records] == [1] and len(malformed) == 1

@@ -5,6 +5,7 @@ its reference scores 1 in any script, while English text scores exactly as rouge
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -130,3 +131,17 @@ def test_the_bootstrap_in_chunks_draws_what_one_draw_does(files, monkeypatch):
     whole = evaluate_corpus(preds, refs, n_resamples=300, seed=5)
     monkeypatch.setattr(E, "_BOOTSTRAP_CHUNK", 7)             # 2 resamples of 3 documents per chunk
     assert evaluate_corpus(preds, refs, n_resamples=300, seed=5) == whole
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_the_report_is_never_written_over_an_input(files, tmp_path, capsys, flag):
+    preds, refs = files
+    target = tmp_path / "refs.png"
+    if flag == "--plot":
+        os.link(refs, target)                         # the references under a plot's name
+    else:
+        target = refs
+    before = refs.read_bytes()
+    assert evaluate(files, flag, str(target), "--resamples", "5") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "which this run reads" in err and refs.read_bytes() == before

@@ -137,3 +137,25 @@ def test_the_attention_figures_docs_explore_md_states():
     assert gib(block_size=512, num_global_tokens=128, encoder_attention_heads=12, encoder_layers=12, d_model=768) == 1.74
     assert gib(block_size=512, num_global_tokens=128, encoder_attention_heads=16, encoder_layers=16) == 2.32
     assert limits.current().max_attention_bytes == 2 * 2**30
+
+
+@pytest.mark.parametrize("target", ["the document", "a model file"])
+def test_the_page_is_never_written_over_a_file_explore_reads(tmp_path, capsys, target):
+    folder = tmp_path / "model"
+    shutil.copytree(minipegx.demo_model_path("short"), folder)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Mirela carried 47 lanterns to Ostbridge.", encoding="utf-8")
+    out = doc if target == "the document" else folder / "spiece.model"
+    before = out.read_bytes()
+    assert main(["explore", str(doc), "--out", str(out), "--model", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "which this run reads" in err and out.read_bytes() == before
+
+
+def test_a_text_beyond_what_16384_tokens_can_cover_is_refused_before_it_is_tokenized(tmp_path, capsys):
+    """1 MB of one character: the character count alone says it cannot fit (the tokenizer is not run)."""
+    doc = tmp_path / "one_char.txt"
+    doc.write_text("a" * 1_000_000)
+    assert main(["explore", str(doc), "--out", str(tmp_path / "p.html"), "--no-summary"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1,000,000 characters" in err and "16384 tokens" in err

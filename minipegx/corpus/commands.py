@@ -118,7 +118,8 @@ def run_evaluate(args) -> int:
         report = evaluate_corpus(args.predictions, args.references, id_field=args.id_field,
                                  prediction_field=args.prediction_field, reference_field=args.reference_field,
                                  text_field=args.text_field, n_resamples=args.resamples, seed=args.seed,
-                                 allow_missing=args.allow_missing, tokenizer=args.tokenizer)
+                                 allow_missing=args.allow_missing, tokenizer=args.tokenizer,
+                                 json_path=args.json, plot_path=args.plot)
     for w in caught:
         print(f"minipegx: warning: {w.message}", file=sys.stderr)
     from ..streams import write_stdout

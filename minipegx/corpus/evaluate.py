@@ -38,7 +38,7 @@ import warnings
 import numpy as np
 
 from ..errors import CorpusError, MiniPegxWarning, MissingDependencyError
-from .files import check_output_path, read_jsonl
+from .files import check_not_reading, check_output_path, read_files, read_jsonl
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 BAND_EDGES = (0, 500, 1000, 2000, 4000, 8000, math.inf)   # document length in words
@@ -165,16 +165,26 @@ def band_name(lo, hi) -> str:
 
 def evaluate_corpus(predictions, references, *, id_field="id", prediction_field="summary",
                     reference_field="summary", text_field="text", bands=BAND_EDGES, n_resamples=1000, seed=0,
-                    allow_missing=False, tokenizer="unicode") -> dict:
+                    allow_missing=False, tokenizer="unicode", json_path=None, plot_path=None) -> dict:
     """ROUGE of the predictions file against the references file, overall and per band of document length.
 
     Records are joined on `id_field`. A reference without a prediction is an error (a partial run would
     otherwise score only its easy part) unless allow_missing. Bands need the document (`text_field`)
     in the references file; its length is counted in words. tokenizer: "unicode" (every script) or
     "rouge-score" (a-z and 0-9 only); references with no token under it are counted in the report's
-    "empty_references" and announced with a MiniPegxWarning. Returns a JSON-ready dict."""
+    "empty_references" and announced with a MiniPegxWarning. json_path, plot_path: where the caller will
+    write the report and the plot, checked here before any work (not a folder, not an input file).
+    Returns a JSON-ready dict."""
     n_resamples, seed = check_resamples(n_resamples), check_seed(seed)
     _scorer(tokenizer)                                  # a bad name or a missing package before reading
+    if json_path is not None:
+        check_output_path(json_path, "--json")
+    if plot_path is not None:
+        check_plot_path(plot_path)
+    reads = read_files([predictions, references])
+    for flag, path in (("--json", json_path), ("--plot", plot_path)):
+        if path is not None:                            # never over the files it reads
+            check_not_reading(path, reads, flag)
     advice = "fix or remove that line"
     preds, _ = read_jsonl(predictions, id_field, (prediction_field,), skip_advice=advice)
     refs, _ = read_jsonl(references, id_field, (reference_field,), optional=(text_field,), skip_advice=advice)

@@ -88,6 +88,8 @@ def parse_line(raw: bytes, id_field: str, fields, optional=(), budget=None, more
     else:
         obj = parse_long_line(raw, more, keep={name: budget for name in (*fields, *optional)},
                               small=(id_field,), small_chars=MAX_ID_CHARS + 1)
+        if obj is None:
+            return None
     if not isinstance(obj, dict):
         raise CorpusError(f"expected a JSON object, got {type(obj).__name__}")
     if id_field not in obj:
@@ -144,7 +146,9 @@ def read_jsonl(path, id_field="id", fields=("text",), optional=(), on_malformed=
     if on_malformed not in ("error", "skip"):
         raise CorpusError(f"on_malformed must be 'error' or 'skip', got {on_malformed!r}")
     if not os.path.isfile(path):
-        raise CorpusError(f"cannot read {path}: no such file")
+        kind = _kind(os.stat(path).st_mode) if os.path.exists(path) else "no such file"
+        raise CorpusError(f"cannot read {path}: " + (kind if kind == "no such file" else f"it is {kind}, not a "
+                                                     "regular file"))
     small = 1 << 62 if budget is None else 6 * budget + (1 << 16)   # a \uXXXX escape is 6 bytes a character
     records, malformed, seen = [], [], {}
     with open(path, "rb") as f:
@@ -153,7 +157,10 @@ def read_jsonl(path, id_field="id", fields=("text",), optional=(), on_malformed=
                 continue
             where = f"{path} line {number}"
             try:
-                rid, values, cut = parse_line(raw, id_field, fields, optional, budget, more)
+                parsed = parse_line(raw, id_field, fields, optional, budget, more)
+                if parsed is None:                  # a long line of nothing but whitespace
+                    continue
+                rid, values, cut = parsed
             except CorpusError as e:
                 if on_malformed == "error":
                     raise CorpusError(f"{where}: {e}" + (f" ({skip_advice})" if skip_advice else "")) from None
@@ -272,10 +279,14 @@ def _kind(mode) -> str:
 
 def check_output_path(path, flag="--output", error=CorpusError) -> None:
     """Refuse, before any work, an output that exists and is not a regular file (after symlinks): a FIFO
-    would block the open until a reader comes, a device or a folder cannot hold the records."""
+    would block the open until a reader comes, a device or a folder cannot hold the records. Its folder
+    must exist, so the run does not end, after all its work, on an output it cannot create."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise error(f"{flag} {path}: there is no folder {folder}") from None
         return
     except OSError as e:
         raise error(f"{flag} {path}: {e.strerror}") from None
@@ -288,22 +299,41 @@ def _identity(path):
     return st.st_dev, st.st_ino
 
 
-def input_files(path) -> set:
-    """(device, inode) of every file a corpus run reads: the JSON-lines file, or a folder's .txt files."""
-    if not os.path.isdir(path):
-        return {_identity(path)} if os.path.exists(path) else set()
-    out = set()
-    for name in os.listdir(path):
-        full = os.path.join(path, name)
-        if name.endswith(".txt") and os.path.isfile(full):
-            out.add(_identity(full))
+def read_files(paths, suffix="") -> dict:
+    """{(device, inode): path} of every file a run reads: each path that is a file, and the files directly
+    inside each path that is a folder (those ending in `suffix`)."""
+    out = {}
+    for path in paths:
+        if path is None or not os.path.exists(path):
+            continue
+        if not os.path.isdir(path):
+            out[_identity(path)] = str(path)
+            continue
+        for name in os.listdir(path):
+            full = os.path.join(path, name)
+            if name.endswith(suffix) and os.path.isfile(full):
+                out[_identity(full)] = full
     return out
 
 
-def check_not_input(input, output) -> None:
-    """Refuse an output that is the input (the same file by any name: a symlink, a hard link) or that
-    lies inside a folder corpus: resuming would cut the input's last line, or the summaries would be
-    read back as documents."""
+def input_files(path) -> set:
+    """(device, inode) of every file a corpus run reads: the JSON-lines file, or a folder's .txt files."""
+    return set(read_files([path], ".txt"))
+
+
+def check_not_reading(output, read, flag="--output", error=CorpusError) -> None:
+    """Refuse an output that is one of the files `read` ({(device, inode): path}, from read_files) under
+    any name: the same path, a symlink, a hard link."""
+    if os.path.exists(output) and _identity(output) in read:
+        raise error(f"{flag} {output} is {read[_identity(output)]}, which this run reads (the same file under "
+                    "another name or a link); write to a new file")
+
+
+def check_not_input(input, output, also=()) -> None:
+    """Refuse an output that is the input (the same file by any name: a symlink, a hard link), lies
+    inside a folder corpus, or is one of the files in `also` (the model's): resuming would cut the
+    input's last line for a torn one, the summaries would be read back as documents, or a checkpoint
+    would be appended to."""
     if os.path.isdir(input):
         folder = os.path.realpath(input)
         where = os.path.realpath(output)
@@ -312,6 +342,7 @@ def check_not_input(input, output) -> None:
     if os.path.exists(output) and _identity(output) in input_files(input):
         raise CorpusError(f"--output {output} is the input {input} (the same file under another name or a "
                           "link); write the summaries to a new file")
+    check_not_reading(output, read_files(also))
 
 
 class Appender:

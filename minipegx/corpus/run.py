@@ -19,7 +19,8 @@ import warnings
 from dataclasses import dataclass, field
 
 from ..errors import CorpusError, TruncationWarning
-from .files import Appender, check_not_input, check_output_path, input_files, read_corpus, read_done, repair_output
+from .files import (Appender, check_not_input, check_output_path, input_files, read_corpus, read_done, read_files,
+                    repair_output)
 from .work import Job, ModelSpec, limit_blas_threads, plan_batches, summarize_batch, token_lengths
 
 
@@ -111,9 +112,9 @@ def summarize_corpus(input, output, *, model=None, id_field="id", text_field="te
     listed in the result's `malformed`). Generation options are those of minipegx.summarize.
     Returns a CorpusRun."""
     start = time.perf_counter()
-    check_output_path(output)                     # before any work: a FIFO would block, a folder cannot be written
-    check_not_input(input, output)
     spec = model_spec(model, backend, dtype, quantize)
+    check_output_path(output)                     # before any work: a FIFO would block, a folder cannot be written
+    check_not_input(input, output, also=[spec.path])
     limit, tokenizer = input_limit(spec, max_input_length)
     budget = char_budget(limit, tokenizer)
     records, malformed = read_corpus(input, id_field, text_field, on_malformed, budget)
@@ -127,7 +128,7 @@ def summarize_corpus(input, output, *, model=None, id_field="id", text_field="te
         warnings.warn(f"{run.truncated} of {len(records)} documents are longer than {limit} tokens and are cut "
                       "to it (set max_input_length / --max-input-length)", TruncationWarning, stacklevel=2)
     job = Job(spec, limit, tuple(sorted(generation_options.items())))
-    with Appender(output, refuse=input_files(input)) as out:                 # the lock first: nobody else is repairing or appending
+    with Appender(output, refuse=input_files(input) | set(read_files([spec.path]))) as out:                 # the lock first: nobody else is repairing or appending
         run.repaired_bytes = repair_output(output)
         done = read_done(output, id_field)
         ids = {r.id for r in records}
