@@ -16,7 +16,7 @@ import sys
 
 from .corpus import commands as corpus_commands
 from .errors import MiniPegxError
-from .streams import read_stdin, write_stdout
+from .streams import QuietStderr, hold_closed_descriptors, read_stdin, say, stdout_closed, write_stdout
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
 EXIT_BUG, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 70, 130, 141  # 70: sysexits' EX_SOFTWARE; 128 + SIGINT, SIGPIPE
@@ -122,7 +122,7 @@ class Progress:
             return
         if self.bar is None:
             from tqdm import tqdm
-            self.bar = tqdm(total=max_steps, desc=self.label, unit="tok", file=sys.stderr, leave=False)
+            self.bar = tqdm(total=max_steps, desc=self.label, unit="tok", file=QuietStderr(), leave=False)
         self.bar.total = max_steps
         self.bar.set_postfix(beams=alive, refresh=False)
         self.bar.update(step - self.bar.n)
@@ -144,7 +144,7 @@ def run_summarize(args, read):
     results = []
     for name, text in inputs:
         progress = Progress(os.path.basename(name) if name != "-" else "stdin",
-                            not args.quiet and sys.stderr.isatty())
+                            not args.quiet and QuietStderr().isatty())
         try:
             out = summarize([text], model=model, tokenizer=tok, batch_size=args.batch_size,
                             max_input_length=args.max_input_length, progress=progress, **options)
@@ -203,7 +203,7 @@ def _main(argv=None):
     args = ap.parse_args(argv)
     _COMMAND[:] = [args.command]
     try:
-        if sys.stdout is None and not (args.command == "summarize" and args.input):
+        if stdout_closed() and not (args.command == "summarize" and args.input):
             raise MiniPegxError("standard output is closed; redirect it to a file (> out.txt)")
         if args.command == "parity":
             from .parity import main as parity_main
@@ -237,7 +237,9 @@ def console():
     """The `minipegx` command and `python -m minipegx`: main() as the whole process.
 
     Unlike main() called from Python, it leaves Ctrl-C ignored once the work is done, so the
-    interpreter's exit cannot be interrupted into a traceback either."""
+    interpreter's exit cannot be interrupted into a traceback either, and it holds closed standard
+    descriptors with /dev/null so no file it opens takes their numbers (streams.py)."""
+    hold_closed_descriptors()
     return _guarded(None, after=signal.SIG_IGN)
 
 
@@ -335,10 +337,7 @@ def _catch_sigint():
 
 
 def _say(line: str) -> None:
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError):  # stderr closed or a broken pipe too: nothing left to tell
-        pass
+    say(line)  # stderr closed or a broken pipe too: nothing left to tell
 
 
 def _silence_stdout() -> None:

@@ -8,16 +8,39 @@ CLI turns into a quiet exit 141, the shell's own convention for a pipeline cut s
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .errors import MiniPegxError
+
+CLOSED: set = set()  # standard descriptors (0, 1, 2) found closed when the command started
+
+
+def hold_closed_descriptors() -> None:
+    """Point each closed standard descriptor at /dev/null, and remember it in CLOSED.
+
+    With fd 2 closed, the next file minipegx opens (the corpus output, say) would get descriptor 2, and
+    anything written to standard error (a warning, a C library's message) would land inside it. Held by
+    /dev/null, the numbers stay taken; the streams' functions below still treat them as closed."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            CLOSED.add(fd)
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+            except OSError:
+                pass
 
 
 def read_stdin() -> bytes:
     """All of standard input; a one-line error when it is closed (`<&-`) or cannot be read (a folder,
     a write-only descriptor)."""
     stream = getattr(sys.stdin, "buffer", None)
-    if stream is None:
+    if stream is None or 0 in CLOSED:
         raise MiniPegxError("standard input is closed; give a FILE, or pipe the text in")
     try:
         return stream.read()
@@ -32,7 +55,7 @@ def write_stdout(text: str) -> None:
     (`>&-`, /dev/full). A reader that went away (EPIPE) stays a BrokenPipeError: exit 141, quietly.
     A file name that is not valid in the output's encoding (bytes Python kept as lone surrogates) is
     written back as its original bytes (surrogateescape), else with backslash escapes."""
-    if sys.stdout is None:
+    if sys.stdout is None or 1 in CLOSED:
         raise MiniPegxError("standard output is closed; redirect it to a file (> out.txt)")
     try:
         try:
@@ -52,3 +75,43 @@ def write_stdout(text: str) -> None:
         raise MiniPegxError(f"cannot write standard output: {e.strerror or e}") from None
     except (ValueError, AttributeError):   # closed by the caller, or a replacement stream without .buffer
         raise MiniPegxError("standard output is closed; redirect it to a file (> out.txt)") from None
+
+
+def say(line: str) -> None:
+    """One line on standard error, flushed; nothing when it is closed or broken (nothing left to tell)."""
+    if sys.stderr is None or 2 in CLOSED:
+        return
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def stdout_closed() -> bool:
+    return sys.stdout is None or 1 in CLOSED
+
+
+class QuietStderr:
+    """Standard error for progress bars: a write that fails (closed, broken, a full disk) is dropped, so
+    a progress bar can never end a run."""
+
+    def write(self, text):
+        if sys.stderr is not None and 2 not in CLOSED:
+            try:
+                sys.stderr.write(text)
+            except (OSError, ValueError):
+                pass
+        return len(text)
+
+    def flush(self):
+        if sys.stderr is not None and 2 not in CLOSED:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+    def isatty(self):
+        try:
+            return sys.stderr is not None and 2 not in CLOSED and sys.stderr.isatty()
+        except (OSError, ValueError):
+            return False

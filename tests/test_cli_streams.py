@@ -4,6 +4,7 @@ Real processes, the streams set up as a shell would (`<&-`, `>&-`, `> /dev/full`
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,16 +21,17 @@ def doc(tmp_path):
     return p
 
 
-def run(argv, stdin=None, stdout=None, **kwargs):
+def run(argv, stdin=None, stdout=None, stderr=None):
     """(exit code, stderr) of argv with the given standard streams; "closed" closes the descriptor."""
     def close():
-        for fd, how in ((0, stdin), (1, stdout)):
+        for fd, how in ((0, stdin), (1, stdout), (2, stderr)):
             if how == "closed":
                 os.close(fd)
     r = subprocess.run(argv, stdin=None if stdin == "closed" else stdin,
                        stdout=None if stdout == "closed" else stdout or subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, preexec_fn=close, timeout=120, **kwargs)
-    return r.returncode, r.stderr.decode()
+                       stderr=None if stderr == "closed" else stderr or subprocess.PIPE, preexec_fn=close,
+                       timeout=120)
+    return r.returncode, (r.stderr or b"").decode()
 
 
 def one_line_error(result, *words):
@@ -65,3 +67,21 @@ def test_evaluate_with_standard_output_closed_writes_nothing_and_says_so(tmp_pat
     refs.write_text('{"id": 1, "summary": "a b c"}\n')
     one_line_error(run([sys.executable, "-m", "minipegx", "evaluate", "--predictions", str(refs), "--references",
                         str(refs), "--resamples", "5"], stdout="closed"), "standard output is closed")
+
+
+@pytest.mark.parametrize("stderr", ["closed", "full"])
+def test_a_corpus_run_with_standard_error_closed_or_full_writes_every_summary_and_only_them(tmp_path, stderr):
+    """Its progress bar and its report go to standard error: they are dropped, the run goes on; and the
+    output file, opened while descriptor 2 is free, never receives what is written to standard error."""
+    corpus, out = tmp_path / "c.jsonl", tmp_path / "out.jsonl"
+    corpus.write_text('{"id": 1, "text": "Mirela carried 47 lanterns to Ostbridge."}\n'
+                      '{"id": 2, "text": "Tobias sold 12 barrels to Kellin."}\n', encoding="utf-8")
+    argv = [sys.executable, "-m", "minipegx", "summarize", "--input", str(corpus), "--output", str(out),
+            "--workers", "0", "--max-new-tokens", "2", "--max-input-length", "4"]   # a cut: a warning on stderr
+    if stderr == "full" and not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    with open("/dev/full" if stderr == "full" else os.devnull, "wb") as full:
+        code, _ = run(argv, stderr="closed" if stderr == "closed" else full)
+    assert code == 0
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == [1, 2]

@@ -7,7 +7,6 @@ command needs it.
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 
 
@@ -97,15 +96,17 @@ def run_corpus(args, options) -> int:
                            batch_tokens=args.batch_tokens, max_input_length=args.max_input_length,
                            on_malformed="skip" if args.skip_malformed else "error", progress=not args.quiet,
                            backend=args.backend, dtype=args.dtype, quantize=args.quantize, **options)
+    from ..streams import say
+
     for line in run.malformed:
-        print(f"minipegx: skipped {line}", file=sys.stderr)
+        say(f"minipegx: skipped {line}")
     notes = [f"{run.already_done} already done", f"{len(run.malformed)} malformed lines skipped"]
     if run.repaired_bytes:
         notes.append(f"a torn last line ({run.repaired_bytes} bytes) cut off and redone")
     if run.unknown_in_output:
         notes.append(f"{run.unknown_in_output} ids in the output are not in the corpus")
-    print(f"{run.written} summaries written to {run.output} in {run.seconds:.1f} s "
-          f"({run.docs_per_second:.2f} docs/s); {run.documents} documents, " + ", ".join(notes), file=sys.stderr)
+    say(f"{run.written} summaries written to {run.output} in {run.seconds:.1f} s "
+        f"({run.docs_per_second:.2f} docs/s); {run.documents} documents, " + ", ".join(notes))
     return 0
 
 
@@ -120,8 +121,10 @@ def run_evaluate(args) -> int:
                                  text_field=args.text_field, n_resamples=args.resamples, seed=args.seed,
                                  allow_missing=args.allow_missing, tokenizer=args.tokenizer,
                                  json_path=args.json, plot_path=args.plot)
+    from ..streams import say
+
     for w in caught:
-        print(f"minipegx: warning: {w.message}", file=sys.stderr)
+        say(f"minipegx: warning: {w.message}")
     from ..streams import write_stdout
 
     write_stdout(format_table(report))

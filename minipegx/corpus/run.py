@@ -13,7 +13,6 @@ a torn last line, and computes only the documents that are missing.
 from __future__ import annotations
 
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -148,8 +147,10 @@ def _write_results(run, out, todo, done, job, id_field, summary_field, scheduler
                    progress):
     from tqdm import tqdm
 
+    from ..streams import QuietStderr
+
     bar = tqdm(total=sum(sum(i not in done for i in ids) for ids, _ in todo), unit="doc", desc="summaries",
-               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+               file=QuietStderr(), disable=not progress, dynamic_ncols=True)
     client = cluster = None
     try:
         if workers == 0 and scheduler is None:
