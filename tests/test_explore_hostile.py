@@ -7,6 +7,7 @@ allocates, a model whose attention would not fit its limit."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -159,3 +160,14 @@ def test_a_text_beyond_what_16384_tokens_can_cover_is_refused_before_it_is_token
     assert main(["explore", str(doc), "--out", str(tmp_path / "p.html"), "--no-summary"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1,000,000 characters" in err and "16384 tokens" in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_an_out_that_is_not_a_regular_file_is_refused_before_any_work(tmp_path, capsys, kind):
+    out = tmp_path / "page.html"
+    os.mkfifo(out) if kind == "fifo" else out.mkdir()
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Mirela carried 47 lanterns to Ostbridge.", encoding="utf-8")
+    assert main(["explore", str(doc), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a regular file" in err

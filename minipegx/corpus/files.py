@@ -86,7 +86,8 @@ def parse_line(raw: bytes, id_field: str, fields, optional=(), budget=None, more
     if more is None:
         obj = parse_small_line(raw)
     else:
-        obj = parse_long_line(raw, more, keep={name: budget for name in (*fields, *optional)},
+        # one character more than the budget: cut_text then sees the text is longer and cuts at a whitespace
+        obj = parse_long_line(raw, more, keep={name: budget + 1 for name in (*fields, *optional)},
                               small=(id_field,), small_chars=MAX_ID_CHARS + 1)
         if obj is None:
             return None
@@ -181,11 +182,12 @@ def read_text(path, budget=None) -> tuple[str, bool]:
     with open(path, "rb") as f:
         while True:
             chunk = f.read(READ_CHUNK)
+            pending = len(decoder.getstate()[0])          # bytes of a character the last chunk cut
             try:
                 text = decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as e:
-                raise UnicodeDecodeError(e.encoding, e.object, offset + e.start - len(decoder.getstate()[0]),
-                                         offset + e.end, e.reason) from None
+            except UnicodeDecodeError as e:               # its offsets count from the pending bytes
+                start = offset - pending
+                raise UnicodeDecodeError(e.encoding, e.object, start + e.start, start + e.end, e.reason) from None
             offset += len(chunk)
             if budget is None or kept < budget:
                 parts.append(text)
