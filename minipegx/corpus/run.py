@@ -109,6 +109,9 @@ def summarize_corpus(input, output, *, model=None, id_field="id", text_field="te
     Documents are sorted by token length and batched: at most batch_size documents and batch_tokens
     padded tokens per batch. on_malformed: "error" (stop at the first bad line) or "skip" (leave it out,
     listed in the result's `malformed`). Generation options are those of minipegx.summarize.
+    Before any work, the output must be a regular file (or not exist) in an existing folder, and not the
+    input or a model file under any name, nor inside a folder corpus. Each document is cut, as it is
+    read, to char_budget characters, which hold the tokens the model reads (docs/corpus.md).
     Returns a CorpusRun."""
     start = time.perf_counter()
     spec = model_spec(model, backend, dtype, quantize)
