@@ -331,6 +331,7 @@ def document(text, model=None, tokenizer=None, spans=None):
 
     model, tokenizer = load(model, tokenizer)
     ids = tokenizer([text], return_tensors="np")["input_ids"]
+    check_attention_cost(model.config, ids.shape[1])
     pieces = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     return Document(model, V.encoder_views(model, ids, keep_inputs=True), display_pieces(pieces),
                     key_sentence_spans(pieces) if spans is None else list(spans))
