@@ -16,6 +16,7 @@ import sys
 
 from .corpus import commands as corpus_commands
 from .errors import MiniPegxError
+from .streams import QuietStderr, hold_closed_descriptors, read_stdin, say, stdout_closed, write_stdout
 
 EXIT_USAGE, EXIT_ERROR = 2, 1
 EXIT_BUG, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 70, 130, 141  # 70: sysexits' EX_SOFTWARE; 128 + SIGINT, SIGPIPE
@@ -27,9 +28,9 @@ def int_at_least(lo):
         try:
             v = int(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r:.40}") from None
         if v < lo:
-            raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {v}")
+            raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {s!r:.40}")
         return v
     return parse
 
@@ -92,7 +93,7 @@ def read_inputs(files):
     out = []
     for name in files:
         if name == "-":
-            data = sys.stdin.buffer.read()
+            data = read_stdin()
         else:
             if not os.path.isfile(name):
                 raise MiniPegxError(f"cannot read {name}: no such file")
@@ -121,7 +122,7 @@ class Progress:
             return
         if self.bar is None:
             from tqdm import tqdm
-            self.bar = tqdm(total=max_steps, desc=self.label, unit="tok", file=sys.stderr, leave=False)
+            self.bar = tqdm(total=max_steps, desc=self.label, unit="tok", file=QuietStderr(), leave=False)
         self.bar.total = max_steps
         self.bar.set_postfix(beams=alive, refresh=False)
         self.bar.update(step - self.bar.n)
@@ -143,7 +144,7 @@ def run_summarize(args, read):
     results = []
     for name, text in inputs:
         progress = Progress(os.path.basename(name) if name != "-" else "stdin",
-                            not args.quiet and sys.stderr.isatty())
+                            not args.quiet and QuietStderr().isatty())
         try:
             out = summarize([text], model=model, tokenizer=tok, batch_size=args.batch_size,
                             max_input_length=args.max_input_length, progress=progress, **options)
@@ -151,12 +152,12 @@ def run_summarize(args, read):
             progress.close()
         results.append({"file": name, "summary": out[0] if len(out) == 1 else out})
     if args.json:
-        print(json.dumps(results, ensure_ascii=False, indent=2))
+        write_stdout(json.dumps(results, ensure_ascii=False, indent=2))
     else:
         for r in results:
             if len(results) > 1:
-                print(f"== {r['file']}")
-            print(r["summary"] if isinstance(r["summary"], str) else "\n".join(r["summary"]))
+                write_stdout(f"== {r['file']}")
+            write_stdout(r["summary"] if isinstance(r["summary"], str) else "\n".join(r["summary"]))
     return 0
 
 
@@ -169,14 +170,14 @@ def run_demo(args):
     name = os.path.basename(example_path("long", "document"))
 
     def read(tok):   # the header needs the loaded model's tokenizer for the token count
-        print(f"Document: minipegx/data/{name} ({len(tok.encode(doc)):,} tokens, {len(doc.split()):,} words). "
-              f"It begins:\n  {doc[:300].strip()} ...\n", flush=True)
-        print("Summary by the bundled demo model:", flush=True)
+        write_stdout(f"Document: minipegx/data/{name} ({len(tok.encode(doc)):,} tokens, {len(doc.split()):,} "
+                     f"words). It begins:\n  {doc[:300].strip()} ...\n")
+        write_stdout("Summary by the bundled demo model:")
         return [(name, doc)]
 
     code = run_summarize(args, read)
     if not args.json:
-        print(f"\nThe true summary:\n{example_summary('long').strip()}")
+        write_stdout(f"\nThe true summary:\n{example_summary('long').strip()}")
     return code
 
 
@@ -187,7 +188,7 @@ def _main(argv=None):
     s.add_argument("files", nargs="*", default=["-"], metavar="FILE", help="text files; '-' reads standard input")
     add_generation_flags(s)
     corpus_commands.add_corpus_flags(s, positive_int, non_negative_int)
-    corpus_commands.add_evaluate_parser(sub)
+    corpus_commands.add_evaluate_parser(sub, non_negative_int)
     d = sub.add_parser("demo", help="summarize the bundled long example document with the default (long) demo model")
     add_generation_flags(d)
     p = sub.add_parser("parity", help="compare every intermediate with transformers (needs the test extra)")
@@ -200,13 +201,16 @@ def _main(argv=None):
     e.add_argument("--model", help="checkpoint directory (default: the bundled demo model)")
     e.add_argument("--no-summary", action="store_true", help="skip generating a summary and its cross-attention")
     args = ap.parse_args(argv)
+    _COMMAND[:] = [args.command]
     try:
+        if stdout_closed() and not (args.command == "summarize" and args.input):
+            raise MiniPegxError("standard output is closed; redirect it to a file (> out.txt)")
         if args.command == "parity":
             from .parity import main as parity_main
             return parity_main([args.checkpoint, "--text", args.text, "--steps", str(args.steps)])
         if args.command == "explore":
             from .explore import run_cli
-            return run_cli(args, read_inputs)
+            return run_cli(args, read_inputs, write_stdout)
         if args.command == "demo":
             return run_demo(args)
         if args.command == "evaluate":
@@ -216,10 +220,10 @@ def _main(argv=None):
             return corpus_commands.run_corpus(args, options)
         return run_summarize(args, lambda tok: read_inputs(args.files))
     except MiniPegxError as e:
-        print(f"minipegx: error: {e}", file=sys.stderr)
+        _say(f"minipegx: error: {e}")
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("minipegx: interrupted", file=sys.stderr)
+        _say("minipegx: interrupted")
         return 130
 
 
@@ -233,21 +237,27 @@ def console():
     """The `minipegx` command and `python -m minipegx`: main() as the whole process.
 
     Unlike main() called from Python, it leaves Ctrl-C ignored once the work is done, so the
-    interpreter's exit cannot be interrupted into a traceback either."""
+    interpreter's exit cannot be interrupted into a traceback either, and it holds closed standard
+    descriptors with /dev/null so no file it opens takes their numbers (streams.py)."""
+    hold_closed_descriptors()
     return _guarded(None, after=signal.SIG_IGN)
 
 
 def _guarded(argv, after):
     """_main(argv) under the CLI's rules; then SIGINT's handler is `after` (None: the one before)."""
     _INTERRUPTED.clear()
+    _COMMAND.clear()
     previous = _catch_sigint()
     try:
         try:
             code = _main(argv)
         except SystemExit:  # argparse's --help and usage errors leave through SystemExit, output flushed first
-            sys.stdout.flush()
+            try:
+                _flush_stdout()
+            except MiniPegxError:
+                pass
             raise
-        sys.stdout.flush()  # a reader that went away shows up here, inside the guard, not at exit
+        _flush_stdout()  # a reader that went away shows up here, inside the guard, not at exit
         return code
     except KeyboardInterrupt:
         _say("minipegx: interrupted")
@@ -257,6 +267,18 @@ def _guarded(argv, after):
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, after if after is not None else previous)
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as e:
+        _silence_stdout()  # the interpreter's own flush at exit must not fail again
+        raise MiniPegxError(f"cannot write standard output: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _report(e: Exception) -> int:
@@ -271,7 +293,7 @@ def _report(e: Exception) -> int:
     if isinstance(e, MiniPegxError):
         _say(f"minipegx: error: {e}")
     elif isinstance(e, MemoryError):
-        _say("minipegx: error: out of memory; try a smaller --batch-size, --max-input-length or --dtype bfloat16")
+        _say("minipegx: error: out of memory" + _MEMORY_ADVICE.get(_COMMAND[0] if _COMMAND else "", ""))
     elif isinstance(e, OSError):
         _say(f"minipegx: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
     else:  # a bug: say so in one line, traceback on request
@@ -293,6 +315,10 @@ def _caused_by_interrupt(e: BaseException) -> bool:
     return False
 
 
+_COMMAND = []  # the subcommand being run, for advice that names only its own flags
+_MEMORY_ADVICE = {"summarize": "; try a smaller --batch-size, --max-input-length or --dtype bfloat16",
+                  "demo": "; try --dtype bfloat16", "explore": "; try a shorter document",
+                  "evaluate": "; try fewer --resamples"}
 _INTERRUPTED = []  # the SIGINTs the handler below has turned into KeyboardInterrupt
 
 
@@ -311,10 +337,7 @@ def _catch_sigint():
 
 
 def _say(line: str) -> None:
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError):  # stderr closed or a broken pipe too: nothing left to tell
-        pass
+    say(line)  # stderr closed or a broken pipe too: nothing left to tell
 
 
 def _silence_stdout() -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import limits
 from . import views as V
 from .backend import to_numpy
 from .errors import InputError
@@ -106,6 +107,34 @@ def key_sentence_spans(pieces, frame=r"^\s*According to the \w+ ledger,"):
     return [(a, b) for a, b in sentence_spans(pieces) if re.match(frame, "".join(shown[a:b]))]
 
 
+_STOPWORDS = {"the", "a", "an", "of", "to", "and", "in", "on", "at", "by", "for", "with", "from", "as", "is", "was"}
+
+
+def start_token(pieces, key_spans):
+    """(position, note): where the page opens and one plain sentence saying where to start.
+
+    The first word of the first key sentence after its frame ("According to the temple ledger, the
+    *fletcher* lent ...") that is not a small function word; without key sentences, the document's
+    first such word. Never punctuation: a comma's attention teaches nothing."""
+    shown = display_pieces(pieces)
+
+    def word(t):
+        w = shown[t].strip()
+        return pieces[t].startswith("\u2581") and re.fullmatch(r"\w+", w) and w.lower() not in _STOPWORDS
+
+    if key_spans:
+        a, b = key_spans[0]
+        comma = next((t for t in range(a, b) if shown[t].strip() == ","), a - 1)
+        hit = next((t for t in range(comma + 1, b) if word(t)), None)
+        if hit is not None:
+            return hit, (f"Start here: the word \"{shown[hit].strip()}\" (red box) in the first underlined "
+                         "sentence, a fact the summary needs. The charts show which words it looks at; "
+                         "click any other word to compare.")
+    hit = next((t for t in range(len(pieces)) if word(t)), 0)
+    return hit, (f"Start here: the word \"{shown[hit].strip()}\" (red box). The charts show which words it "
+                 "looks at; click any other word to compare.")
+
+
 # ============================================================================== the page's data
 def _keep(width, entries, rows, budget):
     """Entries kept per row: the whole row when all `entries` (bytes) fit the budget, else as many as
@@ -130,6 +159,42 @@ def encoder_data(views, row_budget=ROW_BUDGET, global_budget=GLOBAL_BUDGET):
     return out
 
 
+def attention_bytes(cfg, T, itemsize=4):
+    """Bytes the encoder's attention needs at once for one T-token document: one layer's scores and
+    probabilities over all heads ([H, N, K, G+K] tokens' rows and [H, G, G+P] global rows, two copies),
+    plus every layer's rows averaged over heads that the page keeps (float32). The blocks are counted
+    with one extra for the staggered layers' half-block padding."""
+    G, K, H, L = cfg.num_global_tokens, cfg.block_size, cfg.encoder_attention_heads, cfg.encoder_layers
+    P = (-(-T // K) + 1) * K                                                   # padded positions
+    rows = P * (G + K) + G * (G + P)                                           # entries of one head
+    return itemsize * rows * (2 * H + L)
+
+
+def check_attention_cost(cfg, T, limit=None):
+    """Refuse, before anything is allocated, a model whose attention for this document would take
+    more than the limit max_attention_bytes (limits.py): block_size 4096 with 4096 global tokens
+    asks for gigabytes even for a 40-token document."""
+    need = attention_bytes(cfg, T)
+    bound = limits.current().max_attention_bytes if limit is None else limit
+    if need > bound:
+        raise InputError(
+            f"this model's attention for a {T}-token document needs {need / 2**30:.1f} GiB (block_size "
+            f"{cfg.block_size}, {cfg.num_global_tokens} global tokens, {cfg.encoder_attention_heads} heads, "
+            f"{cfg.encoder_layers} layers); explore allows {bound / 2**30:.1f} GiB (limit max_attention_bytes). "
+            f"If this machine has the memory, raise it: {limits.ENV}=\"max_attention_bytes=...\"")
+    return need
+
+
+def config_rows(cfg, width=200):
+    """[[name, value as JSON text]] of the checkpoint's config.json (its unknown fields included), each
+    value cut to `width` characters: the page's "model configuration" table."""
+    rows = []
+    for name, value in sorted(cfg.to_dict().items()):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        rows.append([str(name)[:width], text if len(text) <= width else text[:width - 1] + "\u2026"])
+    return rows
+
+
 def summary_data(model, tokenizer, ids, mask, generation_options=None):
     """Generate a summary and read its cross-attention (mean over decoder layers and heads): each
     generated token's row is the attention of the step that produced it -> (pieces [S], [S, T])."""
@@ -148,20 +213,29 @@ def build(text, model=None, tokenizer=None, title=None, summarize=True, generati
     (the bundled default, long, demo model). Documents longer than 16,384 tokens are refused (cut them first)."""
     from .pipeline import load
 
+    from .corpus.run import char_budget
+
     model, tokenizer = load(model, tokenizer)
+    budget = char_budget(MAX_TOKENS, tokenizer)         # no token covers more: a longer text cannot fit
+    if isinstance(text, str) and len(text) > budget:    # refused before tokenizing it (time and memory)
+        raise InputError(f"the document has {len(text):,} characters; the page holds at most {MAX_TOKENS} tokens, "
+                         f"which with this tokenizer cover at most {budget:,} characters: cut the text")
     batch = tokenizer([text], return_tensors="np")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     T = ids.shape[1]
     if T > MAX_TOKENS:
         raise InputError(f"the document has {T} tokens; the page holds at most {MAX_TOKENS}: cut the text")
+    cfg = model.config
+    check_attention_cost(cfg, T)
     pieces = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     views = V.encoder_views(model, ids, mask)
-    cfg = model.config
+    key_spans = key_sentence_spans(pieces, *([key_frame] if key_frame else []))
+    start, note = start_token(pieces, key_spans)
     data = {"title": title or "minipegx explore", "model": os.path.basename(str(model.path or "")) or "model",
             "T": T, "G": cfg.num_global_tokens, "K": cfg.block_size, "H": cfg.encoder_attention_heads,
             "layersCount": cfg.encoder_layers, "levels": LEVELS_PER_OCTAVE,
             "tokens": display_pieces(pieces), "sentences": sentence_spans(pieces),
-            "keySpans": key_sentence_spans(pieces, *([key_frame] if key_frame else [])),
+            "keySpans": key_spans, "start": start, "startNote": note, "config": config_rows(cfg),
             "layers": encoder_data(views, row_budget, global_budget)}
     del views
     if summarize:
@@ -170,30 +244,65 @@ def build(text, model=None, tokenizer=None, title=None, summarize=True, generati
     return data
 
 
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(data) -> str:
+    """The one encoder for everything that enters the page: JSON that is safe inside a <script> element.
+
+    OWASP's rule for JSON in a script: besides JSON's own escapes, write <, >, & and the line
+    separators U+2028/U+2029 as \\u escapes. Then no file name, folder name, tokenizer piece or summary
+    can close the element (</script>), open a comment the HTML parser treats specially (<!--<script>,
+    which otherwise swallows the rest of the page), or end a CDATA section (]]>): the HTML parser sees
+    none of <, > or &, and JSON.parse gives back the exact strings. Every non-ASCII character is escaped
+    too (a lone surrogate from a tokenizer piece survives as \\udXXX); NaN is refused (JSON has none).
+    The page's script puts strings into the document as text (textContent), never as HTML."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except ValueError as e:
+        raise InputError(f"the page's data cannot be written as JSON: {e}") from None
+    return re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_ESCAPES[m.group()], text)
+
+
 def render(data):
     """The page's HTML: the template with its CSS and JavaScript inlined and the data as JSON."""
     def read(name):
         with open(os.path.join(HERE, "data", name), encoding="utf-8") as f:
             return f.read()
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    return read("explore.html").replace("/*SCRIPT*/", read("explore.js")).replace("/*DATA*/", payload)
+    page, script = read("explore.html"), read("explore.js")
+    # One replacement each, by position: a data string holding "/*SCRIPT*/" must not be expanded.
+    head, tail = page.split("/*DATA*/")
+    head = head.replace("/*SCRIPT*/", script)
+    tail = tail.replace("/*SCRIPT*/", script)
+    return head + script_json(data) + tail
 
 
 def write_page(data, path):
-    """Write the page; returns its size in bytes."""
+    """Write the page; returns its size in bytes. The path must be a regular file or not exist yet
+    (a FIFO would block the write until a reader comes, a folder cannot hold it)."""
+    from .corpus.files import check_output_path
+
+    check_output_path(path, "--out")
     html = render(data)
     with open(path, "w", encoding="utf-8") as f:
         f.write(html)
     return len(html.encode("utf-8"))
 
 
-def run_cli(args, read_inputs):
-    """`minipegx explore FILE --out page.html [--model DIR] [--no-summary]`."""
+def run_cli(args, read_inputs, write=print):
+    """`minipegx explore FILE --out page.html [--model DIR] [--no-summary]`. The page is never written over
+    a file explore reads (the document, the model's files), nor to a FIFO or a folder: checked first."""
+    from .corpus.files import check_not_reading, check_output_path, read_files
+    from .model import demo_model_path
+
+    check_output_path(args.out, "--out", InputError)
+    model_dir = args.model if args.model is not None else demo_model_path()
+    check_not_reading(args.out, read_files([None if args.file == "-" else args.file, model_dir]), "--out", InputError)
     (name, text), = read_inputs([args.file])
     title = "minipegx explore: " + (os.path.basename(name) if name != "-" else "stdin")
     data = build(text, args.model, title=title, summarize=not args.no_summary)
     size = write_page(data, args.out)
-    print(f"wrote {args.out}: {data['T']} tokens, {size / 1e6:.1f} MB; open it in a browser (no server needed)")
+    write(f"wrote {args.out}: {data['T']} tokens, {size / 1e6:.1f} MB; open it in a browser (no server needed)")
     return 0
 
 
@@ -222,6 +331,7 @@ def document(text, model=None, tokenizer=None, spans=None):
 
     model, tokenizer = load(model, tokenizer)
     ids = tokenizer([text], return_tensors="np")["input_ids"]
+    check_attention_cost(model.config, ids.shape[1])
     pieces = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     return Document(model, V.encoder_views(model, ids, keep_inputs=True), display_pieces(pieces),
                     key_sentence_spans(pieces) if spans is None else list(spans))

@@ -62,6 +62,9 @@ class Limits:
     max_position_embeddings: int = 1 << 20
     max_block_size: int = 4096            # local attention costs block_size^2 per head, even for a short input
     max_global_tokens: int = 4096
+    # what a page of `minipegx explore` may allocate for one document's attention (explore.attention_bytes);
+    # the demo models at 16,384 tokens need 0.06 GiB, pegasus-x-base 1.7 GiB, -large 2.3 GiB
+    max_attention_bytes: int = 2 << 30
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -1,7 +1,9 @@
 """Whole corpora: summarize a JSON-lines file (or a folder of .txt files) on a Dask cluster, resumably,
 and score the summaries with ROUGE. docs/corpus.md tells the story; the modules:
 
-    files.py     corpus in, summaries out: malformed lines, duplicate ids, atomic appends, torn-line repair
+    files.py     corpus in, summaries out: malformed lines, duplicate ids, atomic appends, torn-line repair,
+                 outputs that are not the input, documents cut to a character budget as they are read
+    jsonstream.py  one JSON line parsed as a stream, however long, keeping only what the run needs
     work.py      the unit of work: length-sorted batches, the model cached once per process
     cluster.py   Dask distributed: LocalCluster sized to the cores, the model plugin, faults
     run.py       summarize_corpus, resuming from the output
@@ -12,6 +14,8 @@ Dask (the [cluster] extra) and rouge-score (the [eval] extra) are imported only 
 
 from .files import read_corpus
 from .run import CorpusRun, summarize_corpus
+
+__all__ = ["CorpusRun", "read_corpus", "summarize_corpus", "evaluate_corpus", "rouge_scores", "split_sentences"]
 
 
 def __getattr__(name):

@@ -13,13 +13,13 @@ a torn last line, and computes only the documents that are missing.
 from __future__ import annotations
 
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 
 from ..errors import CorpusError, TruncationWarning
-from .files import Appender, read_corpus, read_done, repair_output
+from .files import (Appender, check_not_input, check_output_path, input_files, read_corpus, read_done, read_files,
+                    repair_output)
 from .work import Job, ModelSpec, limit_blas_threads, plan_batches, summarize_batch, token_lengths
 
 
@@ -54,19 +54,35 @@ def model_spec(model, backend, dtype, quantize) -> ModelSpec:
     return ModelSpec(os.path.abspath(path), backend, dtype, quantize)
 
 
-def plan(records, spec, text_field, batch_size, batch_tokens, max_input_length):
-    """(batches of record indices, input limit, documents longer than it), from the client's tokenizer."""
+def input_limit(spec, max_input_length):
+    """(tokens the model reads of each document, the client's tokenizer)."""
     from ..config import PegasusXConfig
     from ..tokenizer import Tokenizer
 
-    if batch_size < 1 or batch_tokens < 1:
-        raise CorpusError(f"batch_size and batch_tokens must be positive, got {batch_size} and {batch_tokens}")
     limit = max_input_length or PegasusXConfig.from_json_file(os.path.join(spec.path, "config.json")
                                                               ).max_position_embeddings
-    tok = Tokenizer.from_pretrained(spec.path)
-    full = token_lengths([r.fields[text_field] for r in records], tok, 10**12)
+    return limit, Tokenizer.from_pretrained(spec.path)
+
+
+def char_budget(limit, tokenizer) -> int:
+    """Characters of a document read at most: `limit` tokens of the tokenizer's longest piece each
+    (no token covers more text), twice over for what normalization drops (runs of spaces, control
+    characters, combining marks), plus one piece for the word the cut lands in."""
+    sp = tokenizer.sp
+    longest = max(len(sp.id_to_piece(i)) for i in range(sp.get_piece_size()))
+    return 2 * limit * longest + longest
+
+
+def plan(records, tokenizer, text_field, batch_size, batch_tokens, limit):
+    """(batches of record indices, documents longer than the limit, documents whose first char_budget
+    characters hold fewer tokens than the limit), from the client's tokenizer. The texts were cut to
+    char_budget as they were read, so tokenizing one costs what the limit does."""
+    if batch_size < 1 or batch_tokens < 1:
+        raise CorpusError(f"batch_size and batch_tokens must be positive, got {batch_size} and {batch_tokens}")
+    full = token_lengths([r.fields[text_field] for r in records], tokenizer, 10**12)
     batches = plan_batches([min(n, limit) for n in full], batch_size, batch_tokens)
-    return batches, limit, sum(n > limit for n in full)
+    short = sum(r.cut and n < limit for n, r in zip(full, records))
+    return batches, sum(n > limit or r.cut for n, r in zip(full, records)), short
 
 
 def in_process(job, batches, blas_threads=None):
@@ -93,17 +109,28 @@ def summarize_corpus(input, output, *, model=None, id_field="id", text_field="te
     Documents are sorted by token length and batched: at most batch_size documents and batch_tokens
     padded tokens per batch. on_malformed: "error" (stop at the first bad line) or "skip" (leave it out,
     listed in the result's `malformed`). Generation options are those of minipegx.summarize.
+    Before any work, the output must be a regular file (or not exist) in an existing folder, and not the
+    input or a model file under any name, nor inside a folder corpus. Each document is cut, as it is
+    read, to char_budget characters, which hold the tokens the model reads (docs/corpus.md).
     Returns a CorpusRun."""
     start = time.perf_counter()
     spec = model_spec(model, backend, dtype, quantize)
-    records, malformed = read_corpus(input, id_field, text_field, on_malformed)
+    check_output_path(output)                     # before any work: a FIFO would block, a folder cannot be written
+    check_not_input(input, output, also=[spec.path])
+    limit, tokenizer = input_limit(spec, max_input_length)
+    budget = char_budget(limit, tokenizer)
+    records, malformed = read_corpus(input, id_field, text_field, on_malformed, budget)
     run = CorpusRun(output=output, documents=len(records), malformed=malformed)
-    batches, limit, run.truncated = plan(records, spec, text_field, batch_size, batch_tokens, max_input_length)
+    batches, run.truncated, short = plan(records, tokenizer, text_field, batch_size, batch_tokens, limit)
+    if short:
+        warnings.warn(f"{short} documents hold fewer than {limit} tokens in their first {budget:,} characters "
+                      "(mostly spaces, control characters or combining marks): the model reads only those "
+                      "characters of them", TruncationWarning, stacklevel=2)
     if run.truncated:
         warnings.warn(f"{run.truncated} of {len(records)} documents are longer than {limit} tokens and are cut "
                       "to it (set max_input_length / --max-input-length)", TruncationWarning, stacklevel=2)
     job = Job(spec, limit, tuple(sorted(generation_options.items())))
-    with Appender(output) as out:                 # the lock first: nobody else is repairing or appending
+    with Appender(output, refuse=input_files(input) | set(read_files([spec.path]))) as out:                 # the lock first: nobody else is repairing or appending
         run.repaired_bytes = repair_output(output)
         done = read_done(output, id_field)
         ids = {r.id for r in records}
@@ -123,8 +150,10 @@ def _write_results(run, out, todo, done, job, id_field, summary_field, scheduler
                    progress):
     from tqdm import tqdm
 
+    from ..streams import QuietStderr
+
     bar = tqdm(total=sum(sum(i not in done for i in ids) for ids, _ in todo), unit="doc", desc="summaries",
-               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+               file=QuietStderr(), disable=not progress, dynamic_ncols=True)
     client = cluster = None
     try:
         if workers == 0 and scheduler is None:

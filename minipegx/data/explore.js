@@ -274,6 +274,10 @@ options("layer", L, i => `${i}${layers[i].shift ? " (staggered)" : ""}`).onchang
 options("global", G, i => `g${i}`).onchange = e => { state.global = +e.target.value; draw(); };
 document.getElementById("mode").onchange = e => { state.mode = e.target.value; draw(); };
 document.getElementById("title").textContent = D.title;
+for (const [name, value] of D.config || []) {  // text nodes only: a value is shown, never parsed as HTML
+  const row = document.getElementById("config").insertRow();
+  row.insertCell().textContent = name; row.insertCell().textContent = value;
+}
 document.getElementById("meta").textContent =
   ` · ${D.model} · T=${T} tokens, K=${K}, G=${G}, ${L} encoder layers, mean over ${D.H} heads`;
 document.addEventListener("keydown", e => {
@@ -306,4 +310,5 @@ function select(q, scroll = true) {
   draw(); status(q);
 }
 showSummary(-1);
-select(D.keySpans.length ? D.keySpans[0][0] + 5 : Math.min(T - 1, 3 * K + 7));
+document.getElementById("start").textContent = D.startNote;
+select(D.start);
