@@ -119,7 +119,8 @@ def _same_values(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 22) -> bool:
 
 
 def is_float(x) -> bool:
-    return x.dtype.kind == "f" or x.dtype == bfloat16()
+    from ..backend import is_floating
+    return is_floating(x.dtype)   # float16/32/64, bfloat16 and float8 (ml_dtypes)
 
 
 def require_float(flat: dict, source: str) -> None:
