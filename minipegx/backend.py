@@ -28,7 +28,7 @@ def _cupy_loaded():
 def is_device_array(x) -> bool:
     """True for a CuPy array (never imports CuPy: an array of it exists only once it is imported)."""
     cp = _cupy_loaded()
-    return cp is not None and isinstance(x, getattr(cp, "ndarray", ()))
+    return cp is not None and (isinstance(x, getattr(cp, "ndarray", ())) or type(x).__module__.split(".")[0] == "cupy")
 
 
 def array_module(x):

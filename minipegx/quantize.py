@@ -2,7 +2,8 @@
 
 Every linear weight -- attention q/k/v/out projections and fc1/fc2 of every encoder and decoder layer --
 is replaced by a small container of arrays; `layers.linear` dequantizes it on the fly (to float32, inside
-the matmul), so activations keep the compute dtype and no float copy of the weights stays in memory.
+the matmul; on CuPy to the compute dtype), so activations keep the compute dtype and no float copy of the
+weights stays in memory.
 
 * int8 (per output channel, symmetric): W[o] ~= q[o] * scale[o], scale = absmax(W[o]) / 127,
   q = round(W / scale) in [-127, 127]. Error per value at most scale[o] / 2. This is the row-wise absmax

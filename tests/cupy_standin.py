@@ -448,7 +448,7 @@ def _function(name):
     return call
 
 
-_FUNCTIONS = {}   # wrappers made on first use (kept apart from this module's globals: `any`, `max`... are builtins here)
+_FUNCTIONS = {}   # wrappers made on first use, apart from this module's globals (`any`, `max`: builtins here)
 
 
 def __getattr__(name):

@@ -26,7 +26,6 @@ import pytest
 import cupy_standin as standin
 import minipegx
 from minipegx import backend as B_
-from minipegx.checkpoint import save_params
 from minipegx.errors import BackendError, NumericalError
 from minipegx.quantize import weight_bytes
 from minipegx.tolerances import LOGITS, SCORES, TINY_FP32
@@ -457,3 +456,24 @@ def test_corpus_runner_on_the_device(cp, demo, tmp_path):
                          max_new_tokens=5)
         outs.append(sorted(out.read_text().splitlines()))
     assert outs[0] == outs[1]
+
+
+# ---------------------------------------------------------------------------------------------- the device check
+def test_gpu_check_refuses_to_print_figures_without_a_gpu(monkeypatch, capsys):
+    from benchmarks import gpu_check
+
+    monkeypatch.delitem(__import__("sys").modules, "cupy", raising=False)   # no stand-in: the real question
+    monkeypatch.setattr(B_, "cupy_available", lambda: False)
+    assert gpu_check.main([]) == 2
+    assert "No GPU figures were measured" in capsys.readouterr().err
+
+
+def test_gpu_check_table_has_one_row_per_shape_dtype_and_figure():
+    from benchmarks import gpu_check
+
+    report = {"table": [dict(name="encoder 4096 tokens", unit="s", minipegx=1.0, transformers=2.0, ratio=0.5),
+                        dict(name="encoder 4096 tokens", unit="GFLOP/s", minipegx=1, transformers=1, ratio=1)],
+              "same_beam_search_ids": {"4096": True}}
+    rows = gpu_check.table({("base", "float16"): report})
+    assert rows == [["base float16 encoder 4096 tokens", "s", 1.0, 2.0, 0.5],
+                    ["base float16 beam search 4096 tokens, same ids", "bool", True, None, None]]

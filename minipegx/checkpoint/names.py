@@ -21,7 +21,6 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..limits import bounded_str
-from .files import bfloat16
 
 # The four names the tied word embedding has been saved under (old saves: all four, new: one).
 SHARED = "model.shared.weight"
