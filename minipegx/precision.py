@@ -144,9 +144,16 @@ def matmul(a, b):
 def scores(a, b):
     """a @ b for attention scores. With a float16/bfloat16 operand the float32 sums are kept, not rounded:
     the mask is added and the softmax computed in float32, as FlashAttention keeps its scores, so
-    scores + finfo(float16).min cannot overflow to -inf. The probabilities then meet v in `matmul`."""
+    scores + finfo(float16).min cannot overflow to -inf. The probabilities then meet v in `matmul`.
+    On CuPy the product itself is native and its float16 result widened (torch's fp16 attention rounds its
+    scores the same way): widening q and k instead would copy every cached key to float32 at every decoding
+    step, 64x the bytes of the scores at head dim 64. A raw score past 65504 becomes inf there, and the
+    layer's inf/NaN check reports it."""
     if not (is_low_precision(a.dtype) or is_low_precision(b.dtype)):
         return a @ b                       # float32 / float64: unchanged
+    if array_module(a) is not np:          # a GPU: native product (float32 sums, rounded once), then widened:
+        low = a.dtype if is_low_precision(a.dtype) else b.dtype       # the [.., Q, C] scores, not q and k
+        return (round_to(a, low) @ round_to(b, low)).astype(ACCUMULATE)
     return a.astype(ACCUMULATE) @ b.astype(ACCUMULATE)
 
 

@@ -75,6 +75,11 @@ def test_standin_refuses_implicit_host_conversion(cp):
         x + np.ones(4)
     with pytest.raises(TypeError):
         np.ones(4) + x
+    with pytest.raises(TypeError):
+        memoryview(x)                                   # no buffer protocol either
+    COUNTS.reset()
+    float(x[0]), int(x[1]), x.tolist()
+    assert COUNTS.syncs == 3
 
 
 def test_standin_holds_only_cupy_dtypes(cp):
@@ -233,6 +238,22 @@ def test_encoder_outputs_and_past_key_values_loop_checks_the_cache_once(cp, mode
         runs.append((np.concatenate(steps, 1), syncs))
     assert np.array_equal(runs[0][0], runs[1][0])
     assert runs[1][1][1:] == [1, 1, 1], COUNTS.sync_sites
+
+
+def test_host_bfloat16_embeddings_encoder_outputs_and_cache_are_cast_on_the_host(cp, models, golden):
+    """bf16 arrays from the host (which CuPy cannot hold) reach the device model cast before the transfer,
+    and give what the NumPy model gives for the same bf16 arrays."""
+    cpu, gpu = models
+    bf16 = ml_dtypes.bfloat16
+    ids, mask, dec = golden["input_ids"], golden["attention_mask"], golden["labels"][:, :2]
+    first = cpu(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+    embeds = cpu.params["model"]["shared"]["weight"][ids].astype(bf16)               # [B, T, M] on the host
+    pkv = tuple(tuple(a.astype(bf16) for a in layer) for layer in first.past_key_values)
+    enc = first.encoder_last_hidden_state.astype(bf16)
+    for kw in (dict(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=dec),
+               dict(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec[:, 1:], past_key_values=pkv)):
+        a, b = cpu(**kw), gpu(**kw)
+        assert on_device(b.logits) and TINY_FP32.holds(b.logits, a.logits)
 
 
 # ---------------------------------------------------------------------------------------------- generation
@@ -420,6 +441,9 @@ def test_viz_takes_device_attentions(cp, models, golden):
     kw = dict(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"],
               decoder_input_ids=golden["labels"][:, :2], output_attentions=True)
     a, b = cpu(**kw), gpu(**kw)
+    ca = viz.plot_cross_attention(a.cross_attentions, ["t"] * 13, ["s"] * 2)
+    cb = viz.plot_cross_attention(b.cross_attentions, ["t"] * 13, ["s"] * 2)
+    assert np.allclose(ca.axes[0].images[0].get_array(), cb.axes[0].images[0].get_array(), atol=TINY_FP32.atol)
     fa = viz.plot_attention(a.encoder_attentions, cpu.config, layer=1)
     fb = viz.plot_attention(b.encoder_attentions, gpu.config, layer=1)
     ia, ib = fa.axes[0].images[0].get_array(), fb.axes[0].images[0].get_array()
