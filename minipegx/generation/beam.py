@@ -152,7 +152,7 @@ def beam_step(state, log_probs, opts, rng=None):
     total = (log_probs.reshape(B, W, V) + state.running_scores[:, :, None]).reshape(B, W * V)  # [B, W*V]
     if opts.do_sample:
         _, idx = top_k(total + gumbel(rng, total.shape, xp), C)
-        order = xp.argsort(-xp.take_along_axis(total, idx, axis=-1), axis=-1, kind="stable")
+        _, order = top_k(xp.take_along_axis(total, idx, axis=-1), C)           # by score, stable (no sort on a GPU)
         idx = xp.take_along_axis(idx, order, axis=-1)
         cand_scores = xp.take_along_axis(total, idx, axis=-1)
     else:
