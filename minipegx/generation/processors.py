@@ -166,8 +166,9 @@ def top_k(x, k):
     if xp is not np:
         return top_k_by_argmax(x, k)
     if k < n:
-        kth = -np.partition(-x, k - 1, axis=-1)[..., k - 1:k]               # [..., 1] the k-th largest
-        above, tie = x > kth, x == kth
+        sel = np.where(x == x, x, -np.inf)                                  # NaN counts as -inf (last)
+        kth = -np.partition(-sel, k - 1, axis=-1)[..., k - 1:k]             # [..., 1] the k-th largest
+        above, tie = sel > kth, sel == kth
         room = k - above.sum(axis=-1, keepdims=True)                        # ties that still fit
         chosen = above | (tie & (np.cumsum(tie, axis=-1) <= room))          # exactly k per row
         idx = np.nonzero(chosen)[-1].reshape(*x.shape[:-1], k)              # ascending index
