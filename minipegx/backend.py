@@ -67,9 +67,11 @@ def gpu_count() -> int:
 
 
 def use_gpu(index: int):
-    """Make GPU `index` (modulo the GPUs visible) the current device of this process, for CuPy."""
-    cupy = get_backend("cupy")
-    cupy.cuda.Device(index % max(1, gpu_count())).use()
+    """Make GPU `index` (modulo the GPUs visible) the current device of this process, for CuPy. With one GPU
+    there is nothing to choose (it is the current device already)."""
+    n = gpu_count()
+    if n > 1:
+        get_backend("cupy").cuda.Device(index % n).use()
 
 
 def cupy_available() -> bool:

@@ -97,7 +97,7 @@ def _native_product(fn, x, w, *rest):
     a quantized weight dequantized to the compute dtype, a float32 x rounded to it."""
     low = w.dtype if not is_quantized(w) and is_low_precision(w.dtype) else \
         x.dtype if is_low_precision(x.dtype) else ACCUMULATE
-    w = dequantize(w, low)
+    w = dequantize(w, low) if is_quantized(w) or w.dtype != low else w
     return fn(round_to(x, low), w, *rest)
 
 

@@ -107,7 +107,7 @@ class NF4Weight:
         work = np.float32 if xp is np else np.dtype(dtype)
         # One gather per byte: _NF4_PAIRS[byte] is the byte's two values (~3x faster than per nibble).
         blocks = xp.take(nf4_pairs(xp, work), self.packed, axis=0).reshape(-1, self.block_size)  # [n_blocks, 64]
-        blocks *= self.absmax.astype(work, copy=False)[:, None]
+        blocks *= (self.absmax if self.absmax.dtype == work else self.absmax.astype(work))[:, None]
         n = int(np.prod(self.shape))
         return blocks.reshape(-1)[:n].reshape(self.shape).astype(dtype, copy=False)
 

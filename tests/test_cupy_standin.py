@@ -484,6 +484,17 @@ def test_corpus_runner_on_the_device(cp, demo, tmp_path):
     assert outs[0] == outs[1]
 
 
+def test_corpus_starts_one_worker_per_gpu_and_each_uses_its_own(cp, monkeypatch):
+    from minipegx.corpus.run import default_workers
+
+    monkeypatch.setattr(cp.cuda.runtime, "getDeviceCount", staticmethod(lambda: 2))
+    used = []
+    monkeypatch.setattr(cp.cuda.Device, "use", lambda self: used.append(self.id))
+    assert default_workers("cupy", None, None) == 2 and default_workers("cupy", 5, None) == 5
+    B_.use_gpu(3)                                       # worker 3 of a cluster on 2 GPUs
+    assert used == [1]
+
+
 # ---------------------------------------------------------------------------------------------- the device check
 def test_gpu_check_refuses_to_print_figures_without_a_gpu(monkeypatch, capsys):
     from benchmarks import gpu_check
