@@ -239,7 +239,7 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     quantization of every linear layer (quantize.py); a directory written by quantize.save_quantized loads quantized as saved."""
     from .checkpoint import load_params
     from .checkpoint.names import require_float
-    from .tree import flatten_params
+    from .tree import flatten_params, unflatten_params
     from .errors import CheckpointError
     from .limits import as_path, read_json
 
@@ -276,9 +276,12 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     def place(a):  # every weight to the backend once, as the compute dtype's bytes
         return a.to_device(xp) if is_quantized(a) else B_.to_device(a, xp)
 
-    params = B_.tree_map(cast, params)
-    assert_weights_fit(params, compute)  # float16 has no inf-free cast for weights past 65504 (checked on the host)
-    params = B_.tree_map(place, params)
+    flat = flatten_params(params)
+    for name, a in flat.items():  # one tensor at a time, so one host copy at most is alive besides the file
+        a = cast(a)
+        assert_weights_fit({name: a}, compute)  # float16 has no inf-free cast past 65504 (checked on the host)
+        flat[name] = place(a)
+    params = unflatten_params(flat)
     gpath = os.path.join(path, "generation_config.json")
     gen = read_json(gpath, "generation_config.json") if os.path.isfile(gpath) else {}
     return PegasusX(config, params, backend, str(compute), gen, path)
