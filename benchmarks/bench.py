@@ -115,20 +115,22 @@ def memory_now():
 class Side:
     """What a measurement needs from a library: load, encode, generate, synchronize, a matmul, device memory."""
 
-    def __init__(self, name, ckpt, device, threads):
+    def __init__(self, name, ckpt, device, threads, dtype="float32"):
         self.name, self.device = name, device
         if name == "minipegx":
             import minipegx
 
             self.xp = __import__("cupy") if device == "cuda" else __import__("numpy")
-            self.model = minipegx.from_pretrained(ckpt, backend="cupy" if device == "cuda" else "numpy")
+            self.model = minipegx.from_pretrained(ckpt, backend="cupy" if device == "cuda" else "numpy", dtype=dtype)
+            self.peak = DevicePeak(self.xp) if device == "cuda" else None
         else:
             import torch
             import transformers
 
             torch.set_num_threads(threads)
             self.torch = torch
-            self.model = transformers.PegasusXForConditionalGeneration.from_pretrained(ckpt).eval().to(device)
+            self.model = transformers.PegasusXForConditionalGeneration.from_pretrained(ckpt).eval().to(
+                device, dtype=getattr(torch, dtype))
 
     def sync(self):
         if self.device != "cuda":
@@ -203,12 +205,34 @@ class Side:
         if self.device != "cuda":
             return None
         if self.name == "minipegx":
-            return int(self.xp.get_default_memory_pool().total_bytes())  # the pool keeps what it ever held
+            return self.peak.peak            # allocated bytes, as torch's max_memory_allocated counts them
         return int(self.torch.cuda.max_memory_allocated())
 
     def device_peak_reset(self):
-        if self.device == "cuda" and self.name != "minipegx":
+        if self.device != "cuda":
+            return
+        if self.name == "minipegx":
+            self.peak.reset()
+        else:
             self.torch.cuda.reset_peak_memory_stats()
+
+
+class DevicePeak:
+    """The peak of CuPy's allocated bytes (not the pool's cached ones): every allocation goes through the pool
+    and the high-water mark of its used_bytes() is kept, as torch.cuda.max_memory_allocated does."""
+
+    def __init__(self, cupy):
+        self.pool = cupy.get_default_memory_pool()
+        self.peak = 0
+        cupy.cuda.set_allocator(self.malloc)
+
+    def malloc(self, size):
+        mem = self.pool.malloc(size)
+        self.peak = max(self.peak, self.pool.used_bytes())
+        return mem
+
+    def reset(self):
+        self.peak = self.pool.used_bytes()
 
 
 def timed(fn, sync, repeat):
@@ -230,7 +254,7 @@ def worker(jobs):
     resident size, so each one's peak is its own (in --grouped runs it may include what an earlier
     measurement of the same library left resident)."""
     first = jobs[0]
-    side = Side(first["side"], first["ckpt"], first["device"], first["threads"])
+    side = Side(first["side"], first["ckpt"], first["device"], first["threads"], first.get("dtype", "float32"))
     config = first["config"]
     results = []
     for job in jobs:
@@ -382,6 +406,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both libraries")
     ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy", help="minipegx's array module")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where transformers runs")
+    ap.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                    help="compute dtype of both libraries (float16: on a GPU)")
     ap.add_argument("--encoder-lengths", type=int, nargs="*", help="override the encoder lengths")
     ap.add_argument("--beam-lengths", type=int, nargs="*", help="override the beam search input lengths")
     ap.add_argument("--new-tokens", type=int, help="tokens generated per beam search (forced)")
@@ -411,7 +437,8 @@ def main(argv=None):
     for key in ("encoder_lengths", "beam_lengths", "new_tokens", "beams"):
         if getattr(args, key) is not None:
             plan[key] = getattr(args, key)
-    name = args.name or f"{args.device}-{args.shape}{'-quick' if args.quick else ''}"
+    name = args.name or f"{args.device}-{args.shape}{'' if args.dtype == 'float32' else '-' + args.dtype}" \
+        f"{'-quick' if args.quick else ''}"
     out_path = args.out or os.path.join(HERE, "results", f"{name}.json")
 
     started = time.time()
@@ -423,7 +450,7 @@ def main(argv=None):
         else:
             print(f"writing a random {args.shape} checkpoint to {ckpt} ...", flush=True)
             config = write_checkpoint(args.shape, ckpt)
-        base = dict(ckpt=ckpt, config=config, device=args.device, threads=args.threads)
+        base = dict(ckpt=ckpt, config=config, device=args.device, threads=args.threads, dtype=args.dtype)
         jobs = []
         if "blas" not in args.skip:
             jobs += [dict(base, side=s, task="blas", length=max(plan["encoder_lengths"]))

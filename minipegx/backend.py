@@ -7,6 +7,8 @@ module a model uses, moves weights there once, and brings results back.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from .errors import BackendError
@@ -16,13 +18,22 @@ BACKENDS = ("numpy", "cupy")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def array_module(x):
-    """NumPy or CuPy: the module that owns array ``x`` (CuPy is imported only if x is a CuPy array)."""
-    if type(x).__module__.split(".")[0] == "cupy":
-        import cupy
+def _cupy_loaded():
+    """The `cupy` module if something has imported it, else None. This is the one seam to CuPy: minipegx
+    never imports it at module level, and finds it where Python's import system keeps it, so whatever
+    `import cupy` gives (the real library, or the test suite's strict stand-in) is the GPU module."""
+    return sys.modules.get("cupy")
 
-        return cupy
-    return np
+
+def is_device_array(x) -> bool:
+    """True for a CuPy array (never imports CuPy: an array of it exists only once it is imported)."""
+    cp = _cupy_loaded()
+    return cp is not None and (isinstance(x, getattr(cp, "ndarray", ())) or type(x).__module__.split(".")[0] == "cupy")
+
+
+def array_module(x):
+    """NumPy or CuPy: the module that owns array ``x``."""
+    return _cupy_loaded() if is_device_array(x) else np
 
 
 def get_backend(name: str = "numpy"):
@@ -45,6 +56,22 @@ def get_backend(name: str = "numpy"):
     if n < 1:  # pragma: no cover
         raise BackendError("backend='cupy' needs a CUDA GPU, but none is visible")
     return cupy
+
+
+def gpu_count() -> int:
+    """How many CUDA GPUs CuPy sees (0 without CuPy or a GPU)."""
+    try:
+        return int(get_backend("cupy").cuda.runtime.getDeviceCount())
+    except BackendError:
+        return 0
+
+
+def use_gpu(index: int):
+    """Make GPU `index` (modulo the GPUs visible) the current device of this process, for CuPy. With one GPU
+    there is nothing to choose (it is the current device already)."""
+    n = gpu_count()
+    if n > 1:
+        get_backend("cupy").cuda.Device(index % n).use()
 
 
 def cupy_available() -> bool:
@@ -87,24 +114,26 @@ def finfo(dtype):
 
 
 def is_floating(dtype) -> bool:
-    """True for float16/32/64 and bfloat16 (whose NumPy kind is 'V', not 'f')."""
+    """True for float16/32/64, bfloat16 and float8 (whose NumPy kind is 'V', not 'f')."""
     dtype = np.dtype(dtype)
-    return dtype.kind == "f" or dtype.name == "bfloat16"
+    return dtype.kind == "f" or dtype.name == "bfloat16" or dtype.name.startswith("float8")  # ml_dtypes kinds "V"
 
 
 def to_device(x, xp, dtype=None):
-    """Move (and optionally cast) a host or device array to module xp."""
-    if xp is np:
-        out = to_numpy(x)
-    else:
-        out = xp.asarray(x)
-    if dtype is not None and out.dtype != dtype:
-        out = out.astype(dtype)
-    return out
+    """Move (and optionally cast) a host or device array to module xp.
+
+    A host array is cast on the host, before the transfer: a bfloat16 or float8 checkpoint (ml_dtypes,
+    which CuPy cannot hold) reaches the GPU as float16/float32, and a float16 load sends half the bytes."""
+    if xp is not np and is_device_array(x):
+        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+    host = to_numpy(x)
+    if dtype is not None and host.dtype != dtype:
+        host = host.astype(dtype)
+    return host if xp is np else xp.asarray(host)
 
 
 def to_numpy(x):
-    """Bring any array (NumPy, CuPy, list) back to a NumPy array."""
-    if type(x).__module__.split(".")[0] == "cupy":
+    """Bring any array (NumPy, CuPy, list) back to a NumPy array (one transfer for a CuPy array)."""
+    if is_device_array(x):
         return x.get()
     return np.asarray(x)

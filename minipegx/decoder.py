@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .backend import array_module, finfo
 from .layers import (embed_tokens, ffn, layer_norm, linear, merge_heads, record, sinusoidal_positions,
                      softmax, split_heads)
-from .precision import assert_finite, checks_on, matmul, residual, scores
+from .precision import FiniteChecks, matmul, residual, scores
 
 
 def attention(q, k, v, mask):
@@ -167,7 +167,8 @@ def decoder(params, config, kvs, cross_mask, input_ids=None, inputs_embeds=None,
     params: the tree under "model". kvs: per-layer cross (k, v) from cross_kv. cross_mask: additive
     [B, 1, 1, T] or None. caches: per-layer self-attention cache values (see self_attention), or None.
     Returns (hidden [B*R, S, M] after the final layer norm, new caches, hidden_states,
-    self-attention probs, cross-attention probs). check_finite: as in encoder.encoder."""
+    self-attention probs, cross-attention probs). check_finite: as in encoder.encoder, or a
+    precision.FiniteChecks that collects the checks for the caller to settle."""
     p = params["decoder"]
     if inputs_embeds is None:
         scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
@@ -183,18 +184,19 @@ def decoder(params, config, kvs, cross_mask, input_ids=None, inputs_embeds=None,
     x = residual(inputs_embeds) + pos                            # [B*R, S, M], float32 under fp16/bf16
     self_mask = causal_mask(S, past, dtype, xp, decoder_attention_mask)
 
-    checks = checks_on(check_finite, dtype)      # default: on under fp16/bf16
+    checks = FiniteChecks.of(check_finite, dtype)  # default: on under fp16/bf16; one sync per pass on a GPU
     hidden_states, self_probs, cross_probs, new_caches = [], [], [], []
     for i, layer_p in enumerate(p["layers"]):
         if output_hidden_states:
             hidden_states.append(x)
         x, cache, sp, cp = decoder_layer(x, layer_p, config, self_mask, kvs[i], cross_mask,
                                          None if caches is None else caches[i], trace, f"model.decoder.layers.{i}")
-        if checks:  # inf/NaN is reported with the layer where it appeared (precision.py)
-            assert_finite(x, f"model.decoder.layers.{i}", dtype)
+        checks.check(x, f"model.decoder.layers.{i}")  # inf/NaN reported with its layer (precision.py)
         new_caches.append(cache)
         self_probs.append(sp)
         cross_probs.append(cp)
+    if checks is not check_finite:  # our own checks (generation passes its FiniteChecks and settles it)
+        checks.settle()
     x = layer_norm(x, p["layer_norm"])                           # [B*R, S, M]
     record(trace, "model.decoder.layer_norm", x)
     if output_hidden_states:

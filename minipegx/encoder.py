@@ -13,7 +13,7 @@ from .backend import array_module, finfo
 from .blocks import padded_length, stagger_shift
 from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, record,
                      sinusoidal_positions, softmax, split_heads)
-from .precision import assert_finite, checks_on, matmul, residual, scores
+from .precision import FiniteChecks, matmul, residual, scores
 
 
 def attend(q, k, v, mask):
@@ -157,18 +157,19 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
     # Global tokens: learned embeddings, no sqrt(d_model) scaling and no positions.
     g = residual(xp.broadcast_to(p["embed_global"]["weight"], (B,) + p["embed_global"]["weight"].shape))  # [B, G, M]
 
-    checks = checks_on(check_finite, dtype)      # default: on under fp16/bf16
+    checks = FiniteChecks.of(check_finite, dtype)  # default: on under fp16/bf16; one sync per pass on a GPU
     hidden_states, attentions = [], []
     for i, layer_p in enumerate(p["layers"]):
         if output_hidden_states:
             hidden_states.append(x)
         x, g, probs = encoder_layer(x, g, mask, layer_p, config, config.is_staggered(i), trace,
                                     f"model.encoder.layers.{i}", output_attentions)
-        if checks:  # inf/NaN is reported with the layer where it appeared (precision.py)
-            assert_finite(x, f"model.encoder.layers.{i} (tokens)", dtype)
-            assert_finite(g, f"model.encoder.layers.{i} (global tokens)", dtype)
+        checks.check(x, f"model.encoder.layers.{i} (tokens)")  # inf/NaN reported with its layer (precision.py)
+        checks.check(g, f"model.encoder.layers.{i} (global tokens)")
         if output_attentions:
             attentions.append(probs)
+    if checks is not check_finite:  # our own checks (a caller's FiniteChecks is settled by the caller)
+        checks.settle()
 
     x = layer_norm(x[:, :T], p["layer_norm"])                    # [B, T, M] tokens only
     record(trace, "model.encoder.layer_norm", x)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+import weakref
+
+import numpy as np
 
 from . import backend as B_
 from .errors import InputError, LongInputWarning, MiniPegxWarning
@@ -93,7 +96,7 @@ def as_ids(model, ids, name):
     if ids.dtype.kind not in "iu":
         raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}; "
                          "cast with .astype('int64') if they are whole numbers")
-    lo, hi = int(ids.min()), int(ids.max())
+    lo, hi = (int(v) for v in B_.to_numpy(_stack(ids.min(), ids.max())))  # one transfer on a GPU
     V = model.config.vocab_size
     if lo < 0 or hi >= V:
         bad = lo if lo < 0 else hi
@@ -112,12 +115,10 @@ def as_mask(model, mask, shape, name):
                          "they must match (one 1/0 per token)")
     if mask.dtype.kind not in "biuf":
         raise InputError(f"{name} must hold numbers 1 (keep) and 0 (padding), got dtype {mask.dtype}")
-    m = B_.to_device(mask, model.xp)
-    if m.dtype.kind == "b":
-        m = m.astype("int64")
-    if not bool(((m == 0) | (m == 1)).all()):
+    if not bool(((mask == 0) | (mask == 1)).all()):      # on the host for host masks: no GPU sync
         raise InputError(f"{name} must hold only 1 (keep) and 0 (padding)")
-    return m
+    m = B_.to_device(mask, model.xp)
+    return m.astype("int64") if m.dtype.kind == "b" else m
 
 
 def as_hidden(model, x, name, rows=None, length=None):
@@ -130,16 +131,22 @@ def as_hidden(model, x, name, rows=None, length=None):
         raise InputError(f"{name} must have shape {want}, got {tuple(x.shape)}")
     if not B_.is_floating(x.dtype):
         raise InputError(f"{name} must be a floating array, got dtype {x.dtype}")
-    x = B_.to_device(x, model.xp, B_.resolve_dtype(model.dtype, model.xp))
-    check_finite(x, name)
-    return x
+    if not is_checked(x):                                  # before the cast: a bf16 host array is checked as is
+        check_finite(x, name)
+    return B_.to_device(x, model.xp, B_.resolve_dtype(model.dtype, model.xp))
 
 
 def check_finite(x, name):
-    """InputError when a floating array holds NaN or inf (it would spread through every later layer)."""
+    """InputError when a floating array holds NaN or inf (it would spread through every later layer).
+    No float32 copy: isfinite reads float16 and bfloat16 as they are."""
     xp = B_.array_module(x)
-    if not bool(xp.isfinite(x.astype("float32")).all()):
+    if not bool(xp.isfinite(x).all()):
         raise InputError(f"{name} holds NaN or inf; every value must be finite")
+
+
+def _stack(*scalars):
+    """0-d arrays of one module as one 1-d array (so a GPU brings them back in one transfer)."""
+    return B_.array_module(scalars[0]).stack(scalars)
 
 
 def ids_or_embeds(model, ids, embeds, prefix="", hint=""):
@@ -197,7 +204,7 @@ def check_past_key_values(model, past_key_values, rows, batch, tokens):
     if not isinstance(past_key_values, (tuple, list)) or len(past_key_values) != layers:
         raise InputError(f"past_key_values must be {how}; got {short(past_key_values)}"
                          + (f" of length {len(past_key_values)}" if isinstance(past_key_values, (tuple, list)) else ""))
-    past = None
+    past, unchecked = None, []
     for i, layer in enumerate(past_key_values):
         if not isinstance(layer, (tuple, list)) or len(layer) != 4:
             raise InputError(f"past_key_values[{i}] must be (self_k, self_v, cross_k, cross_v); it must be {how}")
@@ -215,7 +222,40 @@ def check_past_key_values(model, past_key_values, rows, batch, tokens):
                 raise InputError(f"{name} ({what}) has shape {tuple(a.shape)}, expected {want} (decoder rows "
                                  f"{rows}, inputs {batch}, encoder tokens {tokens}, {H} heads of {D}); was it made "
                                  "for other inputs or another model?")
-            check_finite(a, name)
+            if not is_checked(a):
+                unchecked.append((a, name))
+    if unchecked:   # values checked once per cache: arrays a previous call returned are not read again
+        xp = B_.array_module(unchecked[0][0])
+        if xp is np:
+            for a, name in unchecked:
+                check_finite(a, name)
+        else:       # one transfer for all of them
+            ok = B_.to_numpy(xp.stack([xp.isfinite(a).all() for a, _ in unchecked if B_.array_module(a) is xp]))
+            for good, (a, name) in zip(ok.tolist(), [u for u in unchecked if B_.array_module(u[0]) is xp]):
+                if not good:
+                    raise InputError(f"{name} holds NaN or inf; every value must be finite")
+            for a, name in unchecked:
+                if B_.array_module(a) is not xp:
+                    check_finite(a, name)
     xp, dtype = model.xp, B_.resolve_dtype(model.dtype, model.xp)
     on = [tuple(B_.to_device(a, xp, dtype) for a in layer) for layer in past_key_values]
     return tuple((a[0], a[1]) for a in on), tuple((a[2], a[3]) for a in on), past
+
+
+# Arrays minipegx itself returned in past_key_values (finite by construction: every layer is checked, or
+# the caller turned the checks off), by id, with a weak reference so that a freed id is forgotten.
+_CHECKED = {}
+
+
+def mark_checked(arrays):
+    """Remember arrays returned as past_key_values, so feeding them back costs no second check."""
+    for a in arrays:
+        try:
+            _CHECKED[id(a)] = weakref.ref(a, lambda _, key=id(a): _CHECKED.pop(key, None))
+        except TypeError:          # an array type without weak references: checked again next time
+            pass
+
+
+def is_checked(a):
+    ref = _CHECKED.get(id(a))
+    return ref is not None and ref() is a

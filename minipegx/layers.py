@@ -26,7 +26,7 @@ def record(trace, name, value):
         trace[name] = value
 
 
-@float32_inside(rounds_to=lambda x, w, b=None: x.dtype)
+@float32_inside(rounds_to=lambda x, w, b=None: x.dtype, device_products=True)
 def linear(x, w, b=None):
     """y = x W^T (+ b), as torch.nn.Linear. W is [O, I] as stored in the checkpoint.
 

@@ -14,6 +14,8 @@ import inspect
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import backend as B_
 from .config import PegasusXConfig
 from .decoder import decoder, unstack_rows
@@ -24,7 +26,7 @@ from .generation import generate
 # The input checks live in inputs.py (shared with generation); as_ids, as_mask, as_labels and
 # check_encoder_inputs stay importable from here.
 from .inputs import (as_flag, as_hidden, as_ids, as_labels, as_mask, check_encoder_inputs, check_past_key_values,
-                     ids_or_embeds, short)
+                     ids_or_embeds, mark_checked, short)
 from .layers import linear, record
 
 
@@ -188,11 +190,12 @@ def forward(model, input_ids=None, attention_mask=None, decoder_input_ids=None, 
     record(trace, "lm_head", logits)
 
     rows = dshape[0] // B
+    pkv = tuple((c[0], c[1], kv[0], kv[1]) for c, kv in zip(new_caches, dec.kvs)) if use_cache else None
+    mark_checked([enc_h] + [a for layer in pkv or () for a in layer])  # fed back, not checked again
     return Seq2SeqLMOutput(
         loss=None if labels is None else cross_entropy(logits, labels),
         logits=logits,
-        past_key_values=tuple((c[0], c[1], kv[0], kv[1]) for c, kv in zip(new_caches, dec.kvs))
-        if use_cache else None,
+        past_key_values=pkv,
         decoder_hidden_states=dhs,
         decoder_attentions=self_probs if output_attentions else None,
         cross_attentions=tuple(unstack_rows(c, rows) for c in cross_probs) if output_attentions else None,
@@ -222,6 +225,7 @@ def run_encoder(model, input_ids, attention_mask, inputs_embeds, output_attentio
     """The encoder on inputs already checked by check_encoder_inputs."""
     h, hs, att = encoder(model.params["model"], model.config, input_ids, attention_mask, inputs_embeds,
                          output_attentions, output_hidden_states, trace, model.check_finite)
+    mark_checked([h])  # model(encoder_outputs=...) with it again reads no value of it a second time
     return EncoderOutput(h, hs, att)
 
 
@@ -235,7 +239,7 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     quantization of every linear layer (quantize.py); a directory written by quantize.save_quantized loads quantized as saved."""
     from .checkpoint import load_params
     from .checkpoint.names import require_float
-    from .tree import flatten_params
+    from .tree import flatten_params, unflatten_params
     from .errors import CheckpointError
     from .limits import as_path, read_json
 
@@ -264,13 +268,20 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
         if quantize is not None:
             params = quantize_params(params, check_mode(quantize))
 
-    def place(a):  # every weight to the backend once; floating weights in the compute dtype
-        if is_quantized(a):  # int8/nf4 container: codes and float32 scales as they are
-            return a.to_device(xp)
-        return B_.to_device(a, xp, compute if B_.is_floating(a.dtype) else None)
+    def cast(a):  # floating weights in the compute dtype, cast on the host (bf16/fp8 files reach CuPy as it)
+        if is_quantized(a) or not B_.is_floating(a.dtype):
+            return a
+        return B_.to_device(a, np, compute)
 
-    params = B_.tree_map(place, params)
-    assert_weights_fit(params, compute)  # float16 has no inf-free cast for weights past 65504
+    def place(a):  # every weight to the backend once, as the compute dtype's bytes
+        return a.to_device(xp) if is_quantized(a) else B_.to_device(a, xp)
+
+    flat = flatten_params(params)
+    for name, a in flat.items():  # one tensor at a time, so one host copy at most is alive besides the file
+        a = cast(a)
+        assert_weights_fit({name: a}, compute)  # float16 has no inf-free cast past 65504 (checked on the host)
+        flat[name] = place(a)
+    params = unflatten_params(flat)
     gpath = os.path.join(path, "generation_config.json")
     gen = read_json(gpath, "generation_config.json") if os.path.isfile(gpath) else {}
     return PegasusX(config, params, backend, str(compute), gen, path)

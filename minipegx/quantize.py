@@ -2,7 +2,8 @@
 
 Every linear weight -- attention q/k/v/out projections and fc1/fc2 of every encoder and decoder layer --
 is replaced by a small container of arrays; `layers.linear` dequantizes it on the fly (to float32, inside
-the matmul), so activations keep the compute dtype and no float copy of the weights stays in memory.
+the matmul; on CuPy to the compute dtype), so activations keep the compute dtype and no float copy of the
+weights stays in memory.
 
 * int8 (per output channel, symmetric): W[o] ~= q[o] * scale[o], scale = absmax(W[o]) / 127,
   q = round(W / scale) in [-127, 127]. Error per value at most scale[o] / 2. This is the row-wise absmax
@@ -69,7 +70,11 @@ class Int8Weight:
         return int(self.q.nbytes + self.scale.nbytes)
 
     def dequantize(self, dtype=np.float32):
-        return (self.q.astype(np.float32) * self.scale[:, None]).astype(dtype, copy=False)   # [O, I]
+        """W [O, I] in dtype. NumPy: in float32, rounded once. On a GPU in dtype itself (float16 there: the
+        codes are exact in it, the scale is rounded once more), so no float32 copy of the weight is made."""
+        if array_module(self.q) is np:
+            return (self.q.astype(np.float32) * self.scale[:, None]).astype(dtype, copy=False)   # [O, I]
+        return self.q.astype(dtype) * self.scale.astype(dtype)[:, None]                           # [O, I]
 
     def tensors(self):
         return {"qweight": self.q, "scale": self.scale}
@@ -96,10 +101,13 @@ class NF4Weight:
         return xp.stack([self.packed >> 4, self.packed & 0x0F], axis=-1).reshape(-1)
 
     def dequantize(self, dtype=np.float32):
+        """W [O, I] in dtype. NumPy: in float32, rounded once. On a GPU in dtype itself (the code book, kept on
+        the device once per dtype, and the absmax in float16 there), so no float32 copy of the weight is made."""
         xp = array_module(self.packed)
+        work = np.float32 if xp is np else np.dtype(dtype)
         # One gather per byte: _NF4_PAIRS[byte] is the byte's two values (~3x faster than per nibble).
-        blocks = xp.take(xp.asarray(_NF4_PAIRS), self.packed, axis=0).reshape(-1, self.block_size)  # [n_blocks, 64]
-        blocks *= self.absmax[:, None]
+        blocks = xp.take(nf4_pairs(xp, work), self.packed, axis=0).reshape(-1, self.block_size)  # [n_blocks, 64]
+        blocks *= (self.absmax if self.absmax.dtype == work else self.absmax.astype(work))[:, None]
         n = int(np.prod(self.shape))
         return blocks.reshape(-1)[:n].reshape(self.shape).astype(dtype, copy=False)
 
@@ -108,6 +116,19 @@ class NF4Weight:
 
     def to_device(self, xp):
         return NF4Weight(to_device(self.packed, xp), to_device(self.absmax, xp), self.shape, self.block_size)
+
+
+_DEVICE_PAIRS = {}   # (array module, dtype) -> _NF4_PAIRS on that device: uploaded once, not per call
+
+
+def nf4_pairs(xp, dtype=np.float32):
+    """The NF4 byte table [256, 2] (a byte's two values) on module xp, in dtype, kept after the first use."""
+    if xp is np and np.dtype(dtype) == np.float32:
+        return _NF4_PAIRS
+    key = (xp.__name__, id(xp), np.dtype(dtype).str)
+    if key not in _DEVICE_PAIRS:
+        _DEVICE_PAIRS[key] = to_device(_NF4_PAIRS, xp, np.dtype(dtype))
+    return _DEVICE_PAIRS[key]
 
 
 QUANTIZED = (Int8Weight, NF4Weight)

@@ -308,6 +308,7 @@ class Tokenizer:
         return ids
 
     # ---- decoding ------------------------------------------------------------------------------
+    # (_host, below the class: CuPy ids are brought back with one transfer, as transformers accepts GPU tensors)
 
     def decode(self, ids, skip_special_tokens: bool = False,
                clean_up_tokenization_spaces: bool | None = None) -> str:
@@ -326,6 +327,7 @@ class Tokenizer:
     def batch_decode(self, sequences, skip_special_tokens: bool = False,
                      clean_up_tokenization_spaces: bool | None = None) -> list[str]:
         """decode for each row of a list of lists or a [B, S] array."""
+        sequences = _host(sequences)   # device ids (CuPy, as generate returns them) come back in one transfer
         if isinstance(sequences, np.ndarray) and sequences.ndim != 2:
             raise TokenizerError(f"batch_decode takes a [B, S] array, got shape {sequences.shape}")
         return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces) for s in sequences]
@@ -334,7 +336,7 @@ class Tokenizer:
         """Plain ints in [0, vocab_size), or a TokenizerError naming the first bad one."""
         if hasattr(ids, "get") and not isinstance(ids, np.ndarray) and "input_ids" in ids:
             ids = ids["input_ids"]
-        arr = np.asarray(ids)
+        arr = np.asarray(_host(ids))
         if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
             raise TokenizerError(
                 f"expected one sequence of int ids, got {type(ids).__name__} of shape {arr.shape} "
@@ -453,3 +455,9 @@ def _clean_up_tokenization(text: str) -> str:
 
 
 __all__ = ["Tokenizer", "Encoding", "OFFSET", "SPECIAL_TOKENS"]
+
+
+def _host(ids):
+    """A device (CuPy) array of ids as a NumPy array (one transfer); anything else as it is."""
+    from .backend import is_device_array, to_numpy
+    return to_numpy(ids) if is_device_array(ids) else ids

@@ -27,14 +27,20 @@ class Tolerance:
 
     def bound(self, want) -> float:
         """The largest difference allowed against the reference values `want`."""
-        return self.atol + self.rtol * float(np.abs(np.asarray(want, dtype=np.float64)).max(initial=0.0))
+        return self.atol + self.rtol * float(np.abs(_host(want)).max(initial=0.0))
 
     def error(self, got, want) -> float:
         """max |got - want|, in float64."""
-        return float(np.abs(np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64)).max(initial=0.0))
+        return float(np.abs(_host(got) - _host(want)).max(initial=0.0))
 
     def holds(self, got, want) -> bool:
         return self.error(got, want) <= self.bound(want)
+
+
+def _host(x):
+    """x as a float64 NumPy array; a CuPy array is brought back (one transfer), so device results compare too."""
+    from .backend import to_numpy
+    return to_numpy(x).astype(np.float64)
 
 
 # name, atol, rtol, what it bounds, why

@@ -169,10 +169,16 @@ def project_qk(model, h, hg, layer):
     normalized inputs h [T, M] and hg [G, M] -> q, k [H, G+T, D], globals first."""
     w = model.params["model"]["encoder"]["layers"][layer]["self_attn"]
     H = model.config.encoder_attention_heads
-    x = np.concatenate([hg, h])[None].astype(np.float32)           # [1, G+T, M]
-    q = split_heads(linear(x, to_numpy(w["q_proj"]["weight"])), H)[0]  # [H, G+T, D]
-    k = split_heads(linear(x, to_numpy(w["k_proj"]["weight"])), H)[0]
+    x = np.concatenate([to_numpy(hg), to_numpy(h)])[None].astype(np.float32)  # [1, G+T, M]
+    q = split_heads(linear(x, host_weight(w["q_proj"]["weight"])), H)[0]  # [H, G+T, D]
+    k = split_heads(linear(x, host_weight(w["k_proj"]["weight"])), H)[0]
     return q * q.shape[-1] ** -0.5, k
+
+
+def host_weight(w):
+    """A weight as a float32 NumPy array: quantized (int8/nf4) weights dequantized, device ones brought back."""
+    from .quantize import dequantize, is_quantized
+    return to_numpy(dequantize(w, np.float32) if is_quantized(w) else w).astype(np.float32)
 
 
 def full_attention_row(q, k, query, num_globals, head=None, keys=None):

@@ -52,3 +52,13 @@ def test_cupy_attentions_equal_numpy(models, golden):
     a, b = cpu(**kw), gpu(**kw)
     for x, y in zip(a.encoder_attentions, b.encoder_attentions):
         assert np.abs(to_numpy(y["local"]) - x["local"]).max() <= CUPY_ACTIVATIONS.atol
+
+
+def test_cupy_float16_logits_are_within_a_few_roundings_of_float32(models, golden):
+    """Native float16 on cuBLAS (float32 accumulation, one rounding): within the 8 u x max|logits| of
+    tests/test_precision.py, u = 2^-11 (a logit is ~4 roundings away from exact, x2 margin)."""
+    cpu, _ = models
+    half = minipegx.from_pretrained(GOLDENS / "tiny", backend="cupy", dtype="float16")
+    kw = dict(input_ids=golden["input_ids"], attention_mask=golden["attention_mask"], labels=golden["labels"])
+    ref, out = cpu(**kw).logits, to_numpy(half(**kw).logits).astype(np.float32)
+    assert np.abs(out - ref).max() <= 8 * 2.0 ** -11 * np.abs(ref).max()

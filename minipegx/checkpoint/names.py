@@ -21,7 +21,6 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..limits import bounded_str
-from .files import bfloat16
 
 # The four names the tied word embedding has been saved under (old saves: all four, new: one).
 SHARED = "model.shared.weight"
@@ -119,7 +118,8 @@ def _same_values(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 22) -> bool:
 
 
 def is_float(x) -> bool:
-    return x.dtype.kind == "f" or x.dtype == bfloat16()
+    from ..backend import is_floating
+    return is_floating(x.dtype)   # float16/32/64, bfloat16 and float8 (ml_dtypes)
 
 
 def require_float(flat: dict, source: str) -> None:

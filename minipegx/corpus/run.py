@@ -114,6 +114,7 @@ def summarize_corpus(input, output, *, model=None, id_field="id", text_field="te
     read, to char_budget characters, which hold the tokens the model reads (docs/corpus.md).
     Returns a CorpusRun."""
     start = time.perf_counter()
+    workers = default_workers(backend, workers, scheduler)
     spec = model_spec(model, backend, dtype, quantize)
     check_output_path(output)                     # before any work: a FIFO would block, a folder cannot be written
     check_not_input(input, output, also=[spec.path])
@@ -144,6 +145,15 @@ def summarize_corpus(input, output, *, model=None, id_field="id", text_field="te
                            blas_threads, progress)
     run.seconds = time.perf_counter() - start
     return run
+
+
+def default_workers(backend, workers, scheduler):
+    """workers=None on backend="cupy" with a local cluster: one worker per GPU (each worker loads the model
+    onto its own GPU; one per core would load it onto the same GPU once per core)."""
+    if backend == "cupy" and workers is None and scheduler is None:
+        from ..backend import gpu_count
+        return max(1, gpu_count())
+    return workers
 
 
 def _write_results(run, out, todo, done, job, id_field, summary_field, scheduler, workers, blas_threads,

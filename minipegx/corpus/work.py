@@ -38,9 +38,22 @@ def cached_model(spec: ModelSpec):
     if spec not in _MODELS:
         from ..pipeline import load
 
+        if spec.backend == "cupy":             # one worker per GPU (run.default_workers): worker i uses GPU i
+            from ..backend import use_gpu
+            use_gpu(worker_index())
         _MODELS[spec] = load(spec.path, None, spec.backend, spec.dtype, spec.quantize)
         LOADS[spec] += 1
     return _MODELS[spec]
+
+
+def worker_index() -> int:
+    """This Dask worker's number in a LocalCluster (its name, 0, 1, ...); 0 outside a numbered worker."""
+    try:
+        from distributed import get_worker
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return 0
+    return name if isinstance(name, int) else 0
 
 
 def summarize_batch(job: Job, ids: list, texts: list) -> list:

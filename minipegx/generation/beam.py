@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..backend import array_module, to_numpy
-from .cache import decode_step, prepare_inputs, reorder_cache, start_decoding
+from .cache import decode_step, fetch, prepare_inputs, reorder_cache, start_decoding, step_checks
 from .options import fail, resolve_options
 from .processors import (encoder_ngrams, gumbel, is_eos, log_softmax, make_rng, process_scores, top_k,
                          warp_for_sampling)
@@ -152,7 +152,7 @@ def beam_step(state, log_probs, opts, rng=None):
     total = (log_probs.reshape(B, W, V) + state.running_scores[:, :, None]).reshape(B, W * V)  # [B, W*V]
     if opts.do_sample:
         _, idx = top_k(total + gumbel(rng, total.shape, xp), C)
-        order = xp.argsort(-xp.take_along_axis(total, idx, axis=-1), axis=-1, kind="stable")
+        _, order = top_k(xp.take_along_axis(total, idx, axis=-1), C)           # by score, stable (no sort on a GPU)
         idx = xp.take_along_axis(idx, order, axis=-1)
         cand_scores = xp.take_along_axis(total, idx, axis=-1)
     else:
@@ -211,12 +211,19 @@ def searching(state, opts):
     return state.improvable[:, 0] & ~full
 
 
-def search_over(state, opts):
-    """transformers' _beam_search_has_unfinished_sequences, negated."""
-    improvement_possible = bool(state.improvable.any())
-    open_beam = not (bool(state.pool_done.all()) and opts.early_stopping is True)
-    valid_continuations = not bool(state.hits.all())
-    return not (improvement_possible and open_beam and valid_continuations)
+def search_over(state, opts, flags=None):
+    """transformers' _beam_search_has_unfinished_sequences, negated. flags: the host values of
+    (improvable.any(), pool_done.all(), hits.all()) when already fetched (see over_flags)."""
+    if flags is None:
+        flags = [bool(f) for f in over_flags(state)]
+    improvement_possible, all_done, all_hit = flags[:3]
+    open_beam = not (all_done and opts.early_stopping is True)
+    return not (improvement_possible and open_beam and not all_hit)
+
+
+def over_flags(state):
+    """The three device flags search_over decides on (0-d arrays, fetched with the step's one transfer)."""
+    return state.improvable.any(), state.pool_done.all(), state.hits.all()
 
 
 def beam_search(model, ids, mask, opts):
@@ -231,17 +238,19 @@ def beam_search(model, ids, mask, opts):
     while True:
         step += 1
         seqs = state.running.reshape(B * W, -1)                                  # [B*W, S]
-        logits, cache = decode_step(model, dec, seqs[:, -1], cache)              # [B*W, V]
+        checks = step_checks(model)
+        logits, cache = decode_step(model, dec, seqs[:, -1], cache, checks)      # [B*W, V]
         log_probs = process_scores(seqs, log_softmax(logits), opts, grams)
         if opts.do_sample:
             log_probs = warp_for_sampling(log_probs, opts, keep=C // W)
         state, (tokens, parents, cand_scores, kept, finished) = beam_step(state, log_probs, opts, rng)
         # Cache rows follow the beams they now belong to.
         cache = reorder_cache(cache, state.running_parents[:, :, -1].reshape(-1))
-        over = search_over(state, opts)
         alive = searching(state, opts)
+        *flags, n_alive = fetch(checks, *over_flags(state), alive.sum())   # the step's one transfer
+        over = search_over(state, opts, flags)
         if opts.progress is not None:
-            opts.progress(step, opts.max_steps, int(alive.sum()) * W)
+            opts.progress(step, opts.max_steps, n_alive * W)
         yield BeamStep(step, opts.max_steps, state.running, state.running_scores, tokens, parents, cand_scores,
                        kept, finished, ~(kept | finished), state.pool, state.pool_scores,
                        (state.pool_parents != -1).sum(axis=-1), state.pool_done, ~alive,

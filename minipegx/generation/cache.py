@@ -12,11 +12,14 @@ T encoder tokens, H heads, D head dim, M d_model, V vocab.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import decoder as D
-from ..backend import resolve_dtype
+from ..backend import array_module, resolve_dtype, to_numpy
 from ..decoding import Decoding, prepare_decoding
 from ..inputs import as_ids, as_mask
 from ..layers import linear
+from ..precision import FiniteChecks
 
 
 def prepare_inputs(model, input_ids, attention_mask):
@@ -41,12 +44,35 @@ def start_decoding(model, input_ids, attention_mask, rows, opts) -> tuple[Decodi
     return dec, cache
 
 
-def decode_step(model, dec, tokens, cache):
-    """Feed each row's last token: tokens [N] -> next-token logits [N, V] in float32, new cache."""
+def decode_step(model, dec, tokens, cache, checks=None):
+    """Feed each row's last token: tokens [N] -> next-token logits [N, V] in float32, new cache.
+    checks: a precision.FiniteChecks that collects the per-layer inf/NaN checks for the caller to settle
+    (with the step's one transfer); None checks them here."""
     h, cache, *_ = D.decoder(model.params["model"], model.config, dec.kvs, dec.cross_mask, tokens[:, None],
-                             caches=cache, check_finite=model.check_finite)       # h [N, 1, M]
+                             caches=cache, check_finite=model.check_finite if checks is None else checks)
     logits = linear(h[:, -1], model.lm_head_weight)                              # [N, M] @ [M, V] -> [N, V]
     return logits.astype("float32"), cache
+
+
+def step_checks(model):
+    """A FiniteChecks for one decoding step (the model's check_finite rule, in its compute dtype)."""
+    return FiniteChecks.of(model.check_finite, resolve_dtype(model.dtype, model.xp))
+
+
+def fetch(checks, *scalars):
+    """What the host decides a step on, in one device-to-host transfer: the integer scalars (0-d arrays)
+    and the step's pending inf/NaN counts, which are settled here (NumericalError naming the layer).
+    Returns the scalars as Python ints. This is a decoding step's one synchronisation on a GPU."""
+    xp = array_module(scalars[0])
+    parts = [xp.stack([s.astype("int64") for s in scalars])]
+    counts = checks.counts()
+    if counts is not None:
+        parts.append(counts.reshape(-1))
+    host = to_numpy(parts[0] if len(parts) == 1 else xp.concatenate(parts)).tolist()
+    n = len(scalars)
+    if counts is not None:
+        checks.settle(np.asarray(host[n:], dtype=np.int64).reshape(-1, 2))
+    return host[:n]
 
 
 def reorder_cache(cache, index):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from ..backend import array_module, to_device, to_numpy
 
 
@@ -88,7 +90,8 @@ def only(scores, ids):
     """Every score -inf except `ids`, which get 0 (ForcedBOS / ForcedEOS processors)."""
     xp = array_module(scores)
     out = xp.full_like(scores, -math.inf)
-    out[:, list(ids)] = 0
+    for i in ids:                            # Python ints: nothing copied to a GPU
+        out[:, int(i)] = 0
     return out
 
 
@@ -102,10 +105,7 @@ def process_scores(seqs, scores, opts, grams):
     if opts.encoder_no_repeat_ngram_size > 0:
         scores = encoder_no_repeat_ngram(seqs, scores, opts.encoder_no_repeat_ngram_size, grams)
     if opts.eos_token_ids is not None and S < opts.min_length:              # MinLength (and MinNewTokens)
-        xp = array_module(scores)
-        eos = xp.zeros(scores.shape[-1], dtype=bool)
-        eos[list(opts.eos_token_ids)] = True
-        scores = ban(scores, eos[None])
+        scores = ban(scores, is_eos(array_module(scores).arange(scores.shape[-1]), opts)[None])
     if opts.forced_bos_token_id is not None and S == 1:
         scores = only(scores, [opts.forced_bos_token_id])
     if opts.forced_eos_token_ids is not None and S == opts.max_length - 1:
@@ -121,8 +121,12 @@ def warp_for_sampling(scores, opts, keep):
     V = scores.shape[-1]
     if opts.top_k != 0:
         k = min(max(opts.top_k, keep), V)
-        kth = -xp.partition(-scores, k - 1, axis=-1)[:, k - 1:k]            # [N, 1] k-th largest
-        scores = ban(scores, scores < kth)
+        if xp is np:
+            kth = -xp.partition(-scores, k - 1, axis=-1)[:, k - 1:k]        # [N, 1] k-th largest
+            scores = ban(scores, scores < kth)
+        else:                                                               # no sort on a GPU (see kth_key)
+            key = order_key(scores)
+            scores = ban(scores, key < kth_key(key, k))
     if opts.top_p < 1.0:
         order = xp.argsort(scores, axis=-1)                                 # ascending, [N, V]
         ranked = xp.take_along_axis(scores, order, axis=-1)
@@ -151,19 +155,72 @@ def gumbel(rng, shape, xp):
 
 
 def top_k(x, k):
-    """The k largest entries of each row, best first; ties go to the lower index. x [..., n] -> ([..., k], idx)."""
+    """The k largest entries of each row, best first; ties go to the lower index. x [..., n] -> ([..., k], idx).
+
+    NumPy: a partition for the k-th largest value, the entries above it and the lowest-index ones equal to
+    it, then a small stable sort. On a GPU a sort is a full sort of the row (CuPy's argpartition sorts
+    everything) and, before CuPy 14, a synchronisation; there the k (beam search's 2W or W, a handful) are
+    picked one by one with argmax, which also takes the lowest index among ties: the same result."""
     xp = array_module(x)
     n = x.shape[-1]
-    idx = xp.argpartition(-x, k - 1, axis=-1)[..., :k] if k < n else xp.broadcast_to(xp.arange(n), x.shape)
-    idx = xp.sort(idx, axis=-1)
+    if xp is not np:
+        return top_k_by_argmax(x, k)
+    if k < n:
+        sel = np.where(x == x, x, -np.inf)                                  # NaN counts as -inf (last)
+        kth = -np.partition(-sel, k - 1, axis=-1)[..., k - 1:k]             # [..., 1] the k-th largest
+        above, tie = sel > kth, sel == kth
+        room = k - above.sum(axis=-1, keepdims=True)                        # ties that still fit
+        chosen = above | (tie & (np.cumsum(tie, axis=-1) <= room))          # exactly k per row
+        idx = np.nonzero(chosen)[-1].reshape(*x.shape[:-1], k)              # ascending index
+    else:
+        idx = np.broadcast_to(np.arange(n), x.shape)
     order = xp.argsort(-xp.take_along_axis(x, idx, axis=-1), axis=-1, kind="stable")
     idx = xp.take_along_axis(idx, order, axis=-1)
     return xp.take_along_axis(x, idx, axis=-1), idx
 
 
+def top_k_by_argmax(x, k):
+    """top_k without a sort: k rounds of argmax, each taking the best entry not yet taken (the lowest index
+    among equals, also among -inf). x [..., n] -> ([..., k], idx); ~5 small kernels per round."""
+    xp = array_module(x)
+    taken = xp.zeros(x.shape, dtype=bool)                                   # [..., n]
+    neg_inf = x.dtype.type(-math.inf)
+    picks = []
+    for _ in range(min(k, x.shape[-1])):
+        free = xp.where(taken, neg_inf, x)                                  # [..., n]
+        best = free.max(axis=-1, keepdims=True)                             # [..., 1]
+        i = xp.argmax((free == best) & ~taken, axis=-1)[..., None]          # [..., 1] lowest free index
+        taken = taken | (xp.arange(x.shape[-1]) == i)                       # [..., n]
+        picks.append(i)
+    idx = xp.concatenate(picks, axis=-1)                                    # [..., k]
+    return xp.take_along_axis(x, idx, axis=-1), idx
+
+
+def order_key(x):
+    """float32 -> int64 keys in the same order (negative floats' bits reversed), so the k-th largest value
+    can be found by bisection on integers. x [..., n] -> [..., n]."""
+    xp = array_module(x)
+    bits = xp.ascontiguousarray(x.astype("float32")).view(np.int32).astype("int64")
+    return xp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def kth_key(key, k):
+    """The k-th largest key of each row without sorting: the largest t with count(key >= t) >= k, by
+    bisection over the 32-bit key range (32 rounds of a count, no synchronisation). key [N, n] -> [N, 1]."""
+    xp = array_module(key)
+    lo = key.min(axis=-1, keepdims=True)                                    # count(key >= lo) = n >= k
+    hi = key.max(axis=-1, keepdims=True)
+    for _ in range(33):
+        mid = lo + (hi - lo + 1) // 2
+        enough = (key >= mid).sum(axis=-1, keepdims=True) >= k              # [N, 1]
+        lo, hi = xp.where(enough, mid, lo), xp.where(enough, hi, mid - 1)
+    return lo
+
+
 def is_eos(tokens, opts):
-    """[...] bool: the token is one of the EOS ids."""
+    """[...] bool: the token is one of the EOS ids (compared with Python ints: nothing copied to a GPU)."""
     xp = array_module(tokens)
-    if opts.eos_token_ids is None:
-        return xp.zeros(tokens.shape, dtype=bool)
-    return xp.isin(tokens, xp.asarray(list(opts.eos_token_ids)))
+    hit = xp.zeros(tokens.shape, dtype=bool)
+    for e in opts.eos_token_ids or ():
+        hit = hit | (tokens == int(e))
+    return hit

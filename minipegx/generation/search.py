@@ -12,10 +12,10 @@ token included), T encoder tokens, H heads, D head dim, V vocab.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from .beam import beam_search, finish_beams
-from .cache import decode_step, prepare_inputs, start_decoding
+from .cache import decode_step, fetch, prepare_inputs, start_decoding, step_checks
 from .options import fail, resolve_options
 from .processors import (encoder_ngrams, gumbel, is_eos, log_softmax, make_rng, process_scores, top_k,
                          warp_for_sampling)
@@ -27,7 +27,8 @@ class GreedyStep:
 
     sequences [N, step+1] the tokens so far (start token first); tokens [N] chosen now; scores [N, V]
     the processed scores the choice was made from (transformers' output_scores); top_tokens /
-    top_logprobs [N, 5] the five best candidates and their log-probs; finished [N] rows that have
+    top_logprobs [N, 5] the five best candidates and their log-probs (computed when first read: `generate`
+    never reads them, and on a GPU a top-5 costs a few kernels per step); finished [N] rows that have
     produced EOS (they are fed pad from then on); done whether generation stops after this step;
     cross_kv_shape the shape of the cross-attention keys given to the decoder ([B, H, T, D])."""
     step: int
@@ -35,11 +36,23 @@ class GreedyStep:
     sequences: object
     tokens: object
     scores: object
-    top_tokens: object
-    top_logprobs: object
     finished: object
     done: bool
     cross_kv_shape: tuple
+    _top: tuple = field(default=None, repr=False, compare=False)
+
+    @property
+    def top_tokens(self):
+        return self._top5()[1]
+
+    @property
+    def top_logprobs(self):
+        return self._top5()[0]
+
+    def _top5(self):
+        if self._top is None:
+            self._top = top_k(log_softmax(self.scores), min(5, self.scores.shape[-1]))
+        return self._top
 
     @property
     def num_alive(self):
@@ -64,7 +77,8 @@ def greedy(model, ids, mask, opts):
     seqs = xp.full((B * R, 1), opts.decoder_start_token_id, dtype="int64")       # [N, 1]
     unfinished = xp.ones(B * R, dtype=bool)
     for step in range(1, opts.max_length):
-        logits, cache = decode_step(model, dec, seqs[:, -1], cache)               # [N, V]
+        checks = step_checks(model)
+        logits, cache = decode_step(model, dec, seqs[:, -1], cache, checks)       # [N, V]
         scores = process_scores(seqs, logits, opts, grams)
         if opts.do_sample:
             scores = warp_for_sampling(scores, opts, keep=1)
@@ -75,12 +89,11 @@ def greedy(model, ids, mask, opts):
             tokens = xp.where(unfinished, tokens, opts.pad_token_id)
         seqs = xp.concatenate([seqs, tokens[:, None]], axis=1)                    # [N, S+1]
         unfinished = unfinished & ~is_eos(tokens, opts)
-        done = step == opts.max_length - 1 or not bool(unfinished.any())
-        lp, top = top_k(log_softmax(scores), min(5, scores.shape[-1]))
+        alive, = fetch(checks, unfinished.sum())      # the step's one transfer (and its inf/NaN checks)
+        done = step == opts.max_length - 1 or alive == 0
         if opts.progress is not None:
-            opts.progress(step, opts.max_steps, int(unfinished.sum()))
-        yield GreedyStep(step, opts.max_steps, seqs, tokens, scores, top, lp, ~unfinished, done,
-                         tuple(dec.kvs[0][0].shape))
+            opts.progress(step, opts.max_steps, alive)
+        yield GreedyStep(step, opts.max_steps, seqs, tokens, scores, ~unfinished, done, tuple(dec.kvs[0][0].shape))
         if done:
             return
 
