@@ -69,10 +69,10 @@ def ffn(x, p, act):
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("layer_norm", layer_norm)
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("ffn", ffn)
 
 # %% [markdown]
@@ -100,7 +100,7 @@ def sinusoidal_positions(start, length, dim, xp, dtype="float32"):
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("sinusoidal_positions", sinusoidal_positions)
 
 # %% [markdown]
@@ -155,7 +155,7 @@ def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentio
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("global_local_attention", global_local_attention)
 
 # %% [markdown]
@@ -207,10 +207,10 @@ def encoder_layer(x, g, mask, p, config, staggered, trace=None, name="", output_
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("stagger", stagger)
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("encoder_layer", encoder_layer)
 
 # %% [markdown]
@@ -273,13 +273,13 @@ def cross_attention(x, kv, p, num_heads, mask):
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("self_attention", self_attention)
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("cross_kv", cross_kv)
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("cross_attention", cross_attention)
 
 # %% [markdown]
@@ -362,7 +362,7 @@ def beam_step(state, log_probs, opts, rng=None):
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("beam_step", beam_step)
 
 # %% [markdown]
