@@ -37,14 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .notebook import RUBRIC, SKIP_TAG, NotANotebook, own_definitions, read_notebook
+from .notebook import RUBRIC, NotANotebook, own_definitions, read_notebook
 
 __all__ = ["RUBRIC", "SOLUTIONS", "STUDENT", "build", "grade", "main", "strip_solutions", "student_notebook"]
 
 SOLUTIONS = "pegasus_x_exercises_SOLUTIONS.py"
 STUDENT = "pegasus_x_exercises_student.ipynb"
 TIMEOUT = 300                       # seconds per notebook; the solutions take about 10 s on 2 CPU cores
-MEMORY = 4 * 2**30                  # address space per submission; the solutions map about 1.5 GiB
+MEMORY = 4 * 2**30                  # address space per submission; the solutions peak at about 0.3 GiB
 FILE_BYTES = 256 * 2**20            # the largest file a submission may write
 MAX_RESULTS_BYTES = 256 * 2**20     # what the grader reads back of one submission's arrays
 COPY_BYTES = 64 * 2**20             # the most of a student's folder copied beside their notebook
