@@ -32,7 +32,7 @@ def cells(notebook):
 
 def test_every_notebook_is_a_py_source_paired_with_an_ipynb():
     assert SOURCES == ["01_architecture.py", "02_attention.py", "03_decoding.py",
-                       "04_parity_exercise.py", "05_long_inputs.py", "06_ablations.py"]
+                       "04_parity_exercise.py", "05_long_inputs.py", "06_ablations.py", "08_long_adaptation.py"]
     ipynbs = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert ipynbs == [s.replace(".py", ".ipynb") for s in SOURCES]
     assert 'formats = "ipynb,py:percent"' in (NOTEBOOKS / "jupytext.toml").read_text(encoding="utf-8")
@@ -89,6 +89,20 @@ def test_notebook_03_document_is_the_demo_tasks_seed_32():
     values = {node.targets[0].id: ast.literal_eval(node.value) for node in source.body
               if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("DOCUMENT", "TRUE_SUMMARY")}
     assert (values["DOCUMENT"], values["TRUE_SUMMARY"]) == make_named_example(random.Random(32), 150)
+
+
+def test_notebook_08_documents_are_the_long_tasks_seeds():
+    """Notebook 08 reads its documents from notebooks/data (the kernel cannot import tools/); each must stay
+    the long task's document of its stored seed and length."""
+    import json
+    import random
+
+    from tools.demo_data import make_example
+
+    docs = json.loads((NOTEBOOKS / "data" / "08_documents.json").read_text(encoding="utf-8"))
+    assert [d["tokens"] for d in docs] == [1500, 4000, 7000, 12000]
+    for d in docs:
+        assert (d["document"], d["summary"]) == make_example(random.Random(d["seed"]), d["tokens"])
 
 
 # ------------------------------------------------------------------------------------------- docs
