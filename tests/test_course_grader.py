@@ -10,6 +10,7 @@ line of the summary (escaped). A short --timeout keeps the run brief; the soluti
 """
 
 import contextlib
+import os
 import csv
 import io
 import time
@@ -141,7 +142,7 @@ def test_a_notebook_that_never_finishes_scores_zero_with_its_reason(graded, name
     assert int(r["total"]) == 0 and r["feedback"].startswith("not graded") and reason in r["feedback"], r["feedback"]
 
 
-def test_every_notebook_gets_a_row(graded, ):
+def test_every_notebook_gets_a_row(graded):
     assert len(graded["rows"]) == 13
 
 
@@ -165,7 +166,7 @@ def test_a_name_with_a_newline_cannot_forge_a_line_of_the_summary(graded):
     assert shown("a\rb\x1b[2J") == "a\\rb\\x1b[2J"
 
 
-def test_resume_grades_only_the_notebooks_not_in_the_csv(graded, tmp_path):
+def test_resume_grades_only_the_notebooks_not_in_the_csv(tmp_path):
     subs, out = tmp_path / "subs", tmp_path / "grades.csv"
     notebook(subs, "new", base=STUDENT)
     notebook(subs, "old", base=STUDENT)
@@ -188,3 +189,31 @@ def test_memory_beyond_the_limit_is_refused_to_the_notebook(tmp_path):
     notebook(subs, "hog", base=STUDENT, extra="import numpy as np\nx = np.ones(2**28)   # 2 GiB")
     rows = grade(subs, tmp_path / "grades.csv", timeout=TIMEOUT, memory=2**30)
     assert int(rows[0]["total"]) == 0 and "MemoryError" in rows[0]["feedback"], rows[0]["feedback"]
+
+
+def test_an_unknown_user_is_refused_before_any_notebook_runs(tmp_path):
+    import minipegx
+
+    notebook(tmp_path / "subs", "a", base=STUDENT)
+    with pytest.raises(minipegx.InputError, match="no such user"):
+        grade(tmp_path / "subs", tmp_path / "grades.csv", user="no-such-user-here")
+    assert not (tmp_path / "grades.csv").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs a grader running as root (as in a container)")
+def test_as_another_user_a_notebook_can_neither_write_the_grades_nor_signal_the_grader(tmp_path):
+    import minipegx
+    from minipegx.course.grade import _can_run_as
+
+    try:
+        _can_run_as("nobody")
+    except minipegx.InputError as e:      # e.g. a Python installed under /root: the grader says so, as here
+        pytest.skip(str(e))
+    grades = tmp_path / "grades"
+    grades.mkdir()
+    tamper = (f"import os, signal\nopen({str(grades / 'forged.csv')!r}, 'w').write('x')\n"
+              f"os.kill({os.getpid()}, signal.SIGTERM)")
+    notebook(tmp_path / "subs", "tamper", base=STUDENT, extra=tamper)
+    rows = grade(tmp_path / "subs", grades / "grades.csv", timeout=TIMEOUT, user="nobody")
+    assert not (grades / "forged.csv").exists()
+    assert "PermissionError" in rows[0]["feedback"]                 # the cell's first line was refused

@@ -154,13 +154,58 @@ def _scratch_copy(path, scratch):
     return scratch / "submission.ipynb"
 
 
+def _account(user):
+    """(uid, gid) of `user` for the worker, or (None, None) without --user; only root may switch users."""
+    if user is None:
+        return None, None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user) if not str(user).isdigit() else pwd.getpwuid(int(user))
+    except KeyError:
+        raise InputError(f"--user {user}: no such user on this machine") from None
+    if os.geteuid() != 0:
+        raise InputError(f"--user {user} needs the grader to run as root (it starts each notebook as that user)")
+    if entry.pw_uid == 0:
+        raise InputError("--user root would give each notebook the grader's own rights: name an unprivileged user")
+    return entry.pw_uid, entry.pw_gid
+
+
+def _can_run_as(user):
+    """InputError unless `user` (if given) can start this Python and import this minipegx."""
+    uid, gid = _account(user)
+    if uid is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        try:
+            run = subprocess.run([sys.executable, "-c", "import minipegx.course.worker"], user=uid, group=gid,
+                                 extra_groups=[], cwd=tmp, env=_environment(Path(tmp), "check"),
+                                 capture_output=True, timeout=120)
+            problem = run.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] if run.returncode else None
+        except (OSError, subprocess.SubprocessError) as e:
+            problem = [f"{type(e).__name__}: {e}"]
+    if problem:
+        raise InputError(f"--user {user} cannot run this Python with minipegx ({problem[0] if problem else ''}): "
+                         f"install both where that user can read them (e.g. a system-wide install in a container)")
+
+
+def _hand_over(root, uid, gid):
+    """Make the scratch tree the worker's own (it runs as uid)."""
+    for folder, dirs, files in os.walk(root):
+        os.chown(folder, uid, gid)
+        for name in files:
+            os.chown(os.path.join(folder, name), uid, gid)
+
+
 def _environment(scratch, token):
     """The worker's environment: the grader's minus anything naming the grades, homes inside the scratch."""
-    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "SYSTEMROOT", "TMPDIR")
+    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "SYSTEMROOT")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     package_root = str(Path(__file__).resolve().parents[2])      # this minipegx, installed or not
     env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(HOME=str(scratch), IPYTHONDIR=str(scratch / ".ipython"), MPLCONFIGDIR=str(scratch / ".mpl"),
+    env.update(HOME=str(scratch), TMPDIR=str(scratch), IPYTHONDIR=str(scratch / ".ipython"),
+               MPLCONFIGDIR=str(scratch / ".mpl"),
                MPLBACKEND="Agg", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
                **{TOKEN: token})
     return env
@@ -183,26 +228,38 @@ def kill_by_token(token) -> int:
     return killed
 
 
-def run_submission(path, timeout=TIMEOUT, memory=MEMORY) -> tuple:
+def run_submission(path, timeout=TIMEOUT, memory=MEMORY, user=None) -> tuple:
     """Run one notebook in a scratch folder under the sandbox. Returns (arrays, notes) or (None, reason)."""
+    uid, gid = _account(user)
     with tempfile.TemporaryDirectory(prefix="minipegx-grade-") as tmp:
         scratch, results = Path(tmp) / "work", Path(tmp) / "results"
         scratch.mkdir()
         results.mkdir()
         notebook = _scratch_copy(path, scratch)
+        if uid is not None:
+            _hand_over(scratch, uid, gid)
+            _hand_over(results, uid, gid)
+            os.chmod(tmp, 0o711)                      # the worker may pass through, not list
         token = secrets.token_hex(16)
         spec = {"notebook": str(notebook), "results": str(results), "cwd": str(scratch), "timeout": timeout,
-                "memory": memory, "file_bytes": FILE_BYTES}
+                "memory": memory, "file_bytes": FILE_BYTES, "uid": uid, "gid": gid}
+        status, crash = None, ""
         try:
             run = subprocess.run([sys.executable, "-m", "minipegx.course.sandbox", json.dumps(spec)],
                                  env=_environment(scratch, token), capture_output=True, timeout=timeout + 60,
                                  stdin=subprocess.DEVNULL)
-            status = json.loads(run.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
-        except (subprocess.TimeoutExpired, ValueError, IndexError):
-            status = None
+            lines = run.stdout.decode("utf-8", "replace").strip().splitlines()
+            status = json.loads(lines[-1]) if lines else None
+            status = status if isinstance(status, dict) and "timed_out" in status else None
+            if status is None and run.returncode > 0:     # the supervisor itself failed, before or after
+                crash = run.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
         finally:
             kill_by_token(token)
         tail = _tail(results / "output.txt")
+        if status is None and crash:
+            return None, f"the grader could not run the notebook: {shown(crash[0])}"
         if status is None:
             return None, "the grading supervisor was ended from inside the notebook; nothing of it was graded"
         if status["timed_out"]:
@@ -246,7 +303,7 @@ def _read_results(results):
 
 
 # --------------------------------------------------------------------------------------------- grade
-def grade_submission(path, timeout=TIMEOUT, memory=MEMORY) -> dict:
+def grade_submission(path, timeout=TIMEOUT, memory=MEMORY, user=None) -> dict:
     """{rubric name: points, "feedback": text} for one notebook."""
     from .check import judge, not_own
 
@@ -258,7 +315,7 @@ def grade_submission(path, timeout=TIMEOUT, memory=MEMORY) -> dict:
     except OSError as e:
         return {**row, "feedback": f"not graded: the file cannot be read ({e.strerror})"}
     own = own_definitions(nb)
-    got = run_submission(path, timeout, memory)
+    got = run_submission(path, timeout, memory, user)
     if got[0] is None:
         return {**row, "feedback": f"not graded (0 points): {got[1]}"}
     arrays, notes = got
@@ -290,9 +347,11 @@ def _inside(path, folder):
         return False
 
 
-def grade(folder, out, timeout=TIMEOUT, memory=MEMORY, resume=False, progress=None) -> list:
+def grade(folder, out, timeout=TIMEOUT, memory=MEMORY, resume=False, progress=None, user=None) -> list:
     """Grade every submission under `folder` into the CSV `out`, one row per notebook (see the module
-    docstring). resume: keep the rows already in `out` and grade only the others."""
+    docstring). resume: keep the rows already in `out` and grade only the others. user: run each notebook
+    as this unprivileged user (the grader must run as root): then it can neither write the grades nor
+    signal the grader."""
     folder, out = Path(folder), Path(out)
     if _inside(out, folder):
         raise InputError(f"--out {out} is inside the submissions folder {folder}: write the grades elsewhere "
@@ -301,6 +360,7 @@ def grade(folder, out, timeout=TIMEOUT, memory=MEMORY, resume=False, progress=No
         raise InputError(f"--out {out}: no folder {out.parent}")
     if timeout <= 0 or memory <= 2**28:
         raise InputError("--timeout must be positive and --memory at least 256 MiB")
+    _can_run_as(user)                                 # a wrong --user fails before any notebook runs
     rows = read_rows(out) if resume and out.exists() else []
     done = {row.get("submission") for row in rows}
     for path in submissions(folder):
@@ -308,7 +368,7 @@ def grade(folder, out, timeout=TIMEOUT, memory=MEMORY, resume=False, progress=No
         if name in done:
             continue
         row = {"student": student_of(path, folder), "submission": name,
-               **grade_submission(path, timeout, memory)}
+               **grade_submission(path, timeout, memory, user)}
         row["total"] = sum(row[n] for n in RUBRIC)
         row["possible"] = sum(RUBRIC.values())
         rows.append(row)
@@ -344,6 +404,8 @@ def main(argv=None) -> int:
     g.add_argument("--memory", type=_size, default=MEMORY,
                    help=f"address-space limit per notebook, e.g. 4GiB, 512MiB (default {MEMORY // 2**30}GiB)")
     g.add_argument("--resume", action="store_true", help="keep the rows already in --out, grade the rest")
+    g.add_argument("--user", help="run each notebook as this unprivileged user (the grader must run as root, "
+                                  "e.g. in a container): it can then neither write the grades nor signal the grader")
     args = ap.parse_args(argv)
     if args.command == "build":
         for path in build(args.folder):
@@ -353,6 +415,6 @@ def main(argv=None) -> int:
     def progress(row):
         print(f"{row['total']:>3}/{row['possible']}  {shown(row['submission'])}", flush=True)
 
-    grade(args.submissions, args.out, args.timeout, args.memory, args.resume, progress)
+    grade(args.submissions, args.out, args.timeout, args.memory, args.resume, progress, args.user)
     print(f"wrote {shown(str(args.out))}")
     return 0

@@ -10,10 +10,11 @@ instead of to init, so it stays findable. The worker runs in a new session and p
 file it writes; at the deadline, or when it ends, the supervisor kills its process group, then every
 process still below the supervisor, until none is left, and prints one JSON line: the worker's exit status,
 whether it timed out, how many stray processes it killed. The grader also kills any process still carrying
-the submission's grading token in its environment (a process that left the supervisor's tree). What this
-is not: a container. The submission runs as your user, can read what you can, write where you can, use
-the network, and signal your other processes (the grader's included); see docs/teaching.md for a
-container run.
+the submission's grading token in its environment (a process that left the supervisor's tree). With
+spec["uid"] (the grader's --user, when it runs as root) the worker runs as that user, so it cannot write
+the grades nor signal the grader. What this is not: a container. Without --user the submission runs as
+your user, can read what you can, write where you can, use the network, and signal your other processes
+(the grader's included); see docs/teaching.md for a container run.
 """
 
 from __future__ import annotations
@@ -99,10 +100,11 @@ def supervise(spec) -> dict:
     reaper = _subreaper()
     log = open(os.path.join(spec["results"], "output.txt"), "wb")
     started = time.monotonic()
+    as_user = {} if spec.get("uid") is None else {"user": spec["uid"], "group": spec["gid"], "extra_groups": []}
     proc = subprocess.Popen([sys.executable, "-m", "minipegx.course.worker", spec["notebook"], spec["results"]],
                             cwd=spec["cwd"], stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=_limits(spec["memory"], spec["file_bytes"]))
+                            preexec_fn=_limits(spec["memory"], spec["file_bytes"]), **as_user)
     timed_out = False
     try:
         proc.wait(timeout=spec["timeout"])
