@@ -20,8 +20,10 @@
 # the usual bugs (a batch of 2 whose second row is padded, 3 blocks with a partial last one, a staggered
 # layer, global tokens, beams), then puts it **in place** in the first (short) bundled demo model and compares the
 # model's logits. When it fails it says where your output first differs, by how much, and the likely cause.
-# Your grade is the same check (see the points in each heading). No torch needed; if transformers is
-# installed, the check also compares with it.
+# Your grade is the same check (see the points in each heading): the grader runs your notebook's cells (not
+# the check cells), then checks each function. The function must be your own `def`: importing minipegx's
+# function of the same name, or calling it from yours, scores 0 (the other minipegx functions each exercise
+# names are yours to use). No torch needed; if transformers is installed, the check cells also compare with it.
 #
 # Each exercise uses minipegx's versions of the earlier ones (`L.layer_norm`, `E.stagger`...), so a bug
 # in one exercise costs only that exercise's points.
