@@ -141,3 +141,13 @@ def test_api_reference_names_every_public_function():
         names += viz.__all__
     missing = [n for n in names if not re.search(rf"`[^`]*\b{re.escape(n)}\b[^`]*`", api)]
     assert not missing, f"docs/api.md does not document: {', '.join(missing)}"
+
+
+def test_notebook_04_needs_torch_only_in_its_guarded_last_cell():
+    """Notebook 04 runs without torch: only its last code cell reaches transformers, under has_transformers()."""
+    code = [c.source for c in jupytext.read(NOTEBOOKS / "04_parity_exercise.py").cells if c.cell_type == "code"]
+    import re
+
+    reference = re.compile(r"\b(torch|transformers|load_reference|compare)\b")     # not has_transformers
+    assert not any(reference.search(cell) for cell in code[:-1])
+    assert code[-1].startswith("if has_transformers():")
