@@ -104,6 +104,17 @@ def test_minipegx_own_function_computes_what_passes(name):
     assert result.message.startswith(f"{name}: passed")
 
 
+def test_calling_other_minipegx_functions_is_allowed():
+    """layer_norm sits inside the same precision seam as linear and softmax: calling those is not calling it."""
+    def layer_norm(x, p, eps=1e-5):
+        mean = layers.linear(x, np.full((1, x.shape[-1]), 1 / x.shape[-1], x.dtype))         # [..., 1]
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + eps) * p["weight"] + p["bias"]
+
+    result = check_function("layer_norm", layer_norm, with_transformers=False)
+    assert "minipegx's own" not in result.message, result.message
+
+
 @pytest.mark.parametrize("name", ["layer_norm", "stagger", "beam_step"])
 def test_minipegx_own_function_or_a_wrapper_of_it_is_not_the_students(name):
     def wrapper(*args, **kwargs):

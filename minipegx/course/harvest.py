@@ -54,11 +54,11 @@ def their_line(exc):
 
 
 def reference_codes(name):
-    """The code objects of minipegx's own `name` (and of the plain formula inside its precision seam)."""
+    """The code objects of minipegx's own `name`. For a function inside a precision seam, only the plain
+    formula's (the seam's code is shared by linear, softmax and the others, which a student may call)."""
     ref = REFERENCE[name]
-    found = {getattr(f, "__code__", None) for f in (ref, getattr(ref, "textbook", None),
-                                                    getattr(ref, "__wrapped__", None))}
-    return found - {None}
+    inner = getattr(ref, "textbook", None)
+    return {inner.__code__} if inner is not None else {ref.__code__}
 
 
 class _Watch:
