@@ -217,3 +217,16 @@ def test_as_another_user_a_notebook_can_neither_write_the_grades_nor_signal_the_
     rows = grade(tmp_path / "subs", grades / "grades.csv", timeout=TIMEOUT, user="nobody")
     assert not (grades / "forged.csv").exists()
     assert "PermissionError" in rows[0]["feedback"]                 # the cell's first line was refused
+
+
+def test_a_linked_notebook_and_an_undecodable_name_get_rows_of_their_own(tmp_path):
+    subs = tmp_path / "subs"
+    real = notebook(tmp_path / "elsewhere", "real", base=STUDENT)
+    subs.mkdir()
+    (subs / "link.ipynb").symlink_to(real)
+    odd = os.path.join(os.fsencode(subs), b"\xff\xfe.ipynb")
+    with open(odd, "wb") as f:
+        f.write(real.read_bytes())
+    rows = {r["submission"]: r for r in grade(subs, tmp_path / "grades.csv", timeout=TIMEOUT)}
+    assert rows["link.ipynb"]["feedback"].startswith("not graded: a symbolic link")
+    assert int(rows["\\xff\\xfe.ipynb"]["total"]) == 0 and "not implemented yet" in rows["\\xff\\xfe.ipynb"]["feedback"]

@@ -96,6 +96,11 @@ def _uncell(value):
     return value[1:] if value[:2] in ("'=", "'+", "'-", "'@", "'\t", "'\r") else value
 
 
+def _text(name):
+    """A file or folder name as valid UTF-8 text for the CSV: undecodable bytes written as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def shown(name):
     """A name for the terminal: control and other unprintable characters escaped (no forged lines)."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
@@ -128,7 +133,7 @@ def read_rows(out) -> list:
 def submissions(folder) -> list:
     """Every .ipynb under `folder` (one per student, possibly in per-student folders), checkpoints excluded."""
     found = sorted(p for p in Path(folder).rglob("*.ipynb")
-                   if ".ipynb_checkpoints" not in p.parts and p.is_file() and not p.is_symlink())
+                   if ".ipynb_checkpoints" not in p.parts and (p.is_symlink() or p.is_file()))
     if not found:
         raise InputError(f"no .ipynb submissions under {folder}")
     return found
@@ -308,6 +313,8 @@ def grade_submission(path, timeout=TIMEOUT, memory=MEMORY, user=None) -> dict:
     from .check import judge, not_own
 
     row = {name: 0 for name in RUBRIC}
+    if Path(path).is_symlink():
+        return {**row, "feedback": "not graded: a symbolic link, not followed (submit the notebook itself)"}
     try:
         nb = read_notebook(path)
     except NotANotebook as e:
@@ -364,10 +371,10 @@ def grade(folder, out, timeout=TIMEOUT, memory=MEMORY, resume=False, progress=No
     rows = read_rows(out) if resume and out.exists() else []
     done = {row.get("submission") for row in rows}
     for path in submissions(folder):
-        name = str(path.relative_to(folder))
+        name = _text(str(path.relative_to(folder)))
         if name in done:
             continue
-        row = {"student": student_of(path, folder), "submission": name,
+        row = {"student": _text(student_of(path, folder)), "submission": name,
                **grade_submission(path, timeout, memory, user)}
         row["total"] = sum(row[n] for n in RUBRIC)
         row["possible"] = sum(RUBRIC.values())
