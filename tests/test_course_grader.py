@@ -230,3 +230,15 @@ def test_a_linked_notebook_and_an_undecodable_name_get_rows_of_their_own(tmp_pat
     rows = {r["submission"]: r for r in grade(subs, tmp_path / "grades.csv", timeout=TIMEOUT)}
     assert rows["link.ipynb"]["feedback"].startswith("not graded: a symbolic link")
     assert int(rows["\\xff\\xfe.ipynb"]["total"]) == 0 and "not implemented yet" in rows["\\xff\\xfe.ipynb"]["feedback"]
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "subs").mkdir()
+    for args, message in ((["--memory", "lots"], "invalid memory_size value"),
+                          ([], "no .ipynb submissions under")):
+        run = subprocess.run([sys.executable, "-m", "minipegx.course", "grade", str(tmp_path / "subs"),
+                              "--out", str(tmp_path / "g.csv"), *args], capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr

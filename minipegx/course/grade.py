@@ -387,7 +387,8 @@ def grade(folder, out, timeout=TIMEOUT, memory=MEMORY, resume=False, progress=No
     return rows
 
 
-def _size(text):
+def memory_size(text):
+    """'4GiB', '512MiB', '1.5G', '1000000' -> bytes."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?)?\s*", text, re.I)
     if not m:
         raise ValueError(text)
@@ -408,7 +409,7 @@ def main(argv=None) -> int:
                                                        "(default grades.csv)")
     g.add_argument("--timeout", type=float, default=TIMEOUT,
                    help=f"seconds a notebook may run, checks included (default {TIMEOUT})")
-    g.add_argument("--memory", type=_size, default=MEMORY,
+    g.add_argument("--memory", type=memory_size, default=MEMORY,
                    help=f"address-space limit per notebook, e.g. 4GiB, 512MiB (default {MEMORY // 2**30}GiB)")
     g.add_argument("--resume", action="store_true", help="keep the rows already in --out, grade the rest")
     g.add_argument("--user", help="run each notebook as this unprivileged user (the grader must run as root, "
