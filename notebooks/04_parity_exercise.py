@@ -7,36 +7,33 @@
 # ---
 
 # %% [markdown]
-# # 04 · Parity testing for a course: write a layer, let the checker find your bug
+# # 04 · Parity testing for a course: plant a bug, let the report find it
 #
-# > **This notebook needs transformers and torch** (the `test` extra:
-# > `pip install -e ".[test]" "torch==2.13.0"`, CPU build is enough). minipegx itself never imports them;
-# > here they are the reference we compare against.
+# > **No torch needed.** The reference here is minipegx's own, unmodified model, which this project's test
+# > suite checks against Hugging Face transformers and against committed reference outputs. With
+# > transformers and torch installed (`pip install -e ".[test]" "torch==2.13.0"`), the last section also
+# > compares with transformers itself; without them it says so and skips.
 #
-# `minipegx.parity.compare` runs minipegx and transformers' `PegasusXForConditionalGeneration` on the
-# same input and compares **every intermediate**: minipegx records its activations in a `trace` dict
-# under the Hugging Face module names (`model.encoder.layers.1.self_attn`), the reference's are caught
-# with forward hooks on the same modules. The report lists them in execution order and names the
-# **first divergence** — the first place beyond `|err| <= atol + rtol * max|ref|` (1e-4 + 1e-5 ·
-# scale, asserted below: fp32 summation order alone gives ~1e-7 relative per operation, so only real
-# bugs cross it).
+# A parity report runs two models on the same input and compares **every intermediate**: minipegx records
+# its activations in a `trace` dict under the Hugging Face module names (`model.encoder.layers.1.self_attn`).
+# The report lists them in execution order and names the **first divergence**: the first place beyond
+# `|err| <= atol + rtol * max|ref|` (1e-4 + 1e-5 · scale, asserted below; fp32 summation order alone gives
+# ~1e-7 relative per operation, so only real bugs cross it).
 #
-# With `patch={"minipegx.encoder.global_local_attention": my_fn}` a student's function replaces
-# minipegx's for the duration of the comparison. The exercise: write a layer, check it, read where
-# it diverges, fix it. See `docs/parity.md` for the methodology and tolerances.
+# With `patch={"minipegx.layers.softmax": my_fn}` your function replaces minipegx's wherever the model calls
+# it. The worked bugs below are in functions the graded exercises do **not** ask for (softmax, the causal
+# mask, the decoder's positions); at the end you use the same tool on your own exercise functions.
 
 # %%
-import dataclasses
-
 import numpy as np
 
 import minipegx
-from minipegx import layers, parity
-from minipegx.layers import linear, softmax
+from minipegx import layers
+from minipegx.course.check import has_transformers
+from minipegx.course.diverge import compare_with_minipegx
 
 path = minipegx.demo_model_path("short")
 model = minipegx.from_pretrained(path)
-reference = parity.load_reference(path)          # transformers, quietly; BackendError says what to install
 tok = minipegx.Tokenizer.from_pretrained(path)
 text = "\n\n".join(minipegx.example_document("short").split("\n\n")[:2])   # two paragraphs: quick, 4 blocks
 batch = tok([text], return_tensors="np")
@@ -46,10 +43,10 @@ print("input [B, T] =", ids.shape, f"-> {-(-ids.shape[1] // cfg.block_size)} blo
 assert ids.shape[1] == 193 and -(-ids.shape[1] // cfg.block_size) == 4
 
 
-def check(**patch):
-    """Compare with transformers, with minipegx functions replaced by yours; print the verdict."""
-    report = parity.compare(None, ids, mask, model=model, reference=reference,
-                            patch={f"minipegx.{k.replace('__', '.')}": f for k, f in patch.items()})
+def check(steps=2, **patch):
+    """Compare the model with minipegx functions replaced by yours against minipegx's own; print the verdict."""
+    report = compare_with_minipegx(model, ids, mask, steps=steps,
+                                   patch={f"minipegx.{k.replace('__', '.')}": f for k, f in patch.items()})
     bad = [r for r in report.rows if not r.ok]
     print(f"{len(report.rows)} intermediates compared, {len(bad)} beyond tolerance;",
           "all within tolerance" if report.ok else f"first divergence: {report.first_divergence}")
@@ -57,210 +54,113 @@ def check(**patch):
 
 
 # %% [markdown]
-# First the unmodified model: every intermediate, layer by layer, then two greedy decoding steps
-# (each side with its own cache).
+# First nothing replaced: the forward pass, layer by layer, then two greedy decoding steps (each reusing
+# the cache). Everything agrees exactly.
 
 # %%
-report = parity.compare(None, ids, mask, model=model, reference=reference, steps=2)
-print(report)
-assert (report.atol, report.rtol) == (1e-4, 1e-5)
-
+report = check()
+assert report.ok and report.max_abs_err == 0.0 and (report.atol, report.rtol) == (1e-4, 1e-5)
+print("\n".join(str(report).splitlines()[:8]))
 
 # %% [markdown]
-# Two things to notice. The largest errors sit where the largest values are: the residual stream of
-# a trained model (never normalized, only added to) grows layer after layer (the `max |ref|` of the
-# encoder layers' outputs, printed below), and float32 rounding is relative to it, so a layer's output
-# carries a larger absolute error than the layer norm that reads it. And `embed_positions` need not be
-# exactly equal: NumPy's and torch's float32 `exp` and `sin` may differ in the last bit, and at
-# position t a one-ulp difference in a frequency becomes t times larger. On this 193-token input both
-# stay far below tolerance; on inputs of thousands of tokens they can cross a fixed tolerance without
-# any bug (see [docs/parity.md](../docs/parity.md)), so exercises use short inputs.
+# Look at the `max |ref|` column: the residual stream of a trained model (never normalized, only added to)
+# grows layer after layer, and float32 rounding is relative to it; that is why the tolerance has a relative
+# part.
 
 # %%
 rows = {r.name: r for r in report.rows}
 layer_outputs = [rows[f"model.encoder.layers.{i}"] for i in range(cfg.encoder_layers)]
-print("encoder layer outputs, max |ref|:", [f"{r.ref_scale:.1f}" for r in layer_outputs],
-      " max |err|:", [f"{r.max_abs_err:.1e}" for r in layer_outputs])
-print(f"embed_positions max |err|: {rows['model.encoder.embed_positions'].max_abs_err:.1e}")
+print("encoder layer outputs, max |ref|:", [f"{r.ref_scale:.1f}" for r in layer_outputs])
 assert all(a.ref_scale < b.ref_scale for a, b in zip(layer_outputs, layer_outputs[1:]))   # grows with depth
 
 # %% [markdown]
-# ## Exercise 1 · `layer_norm`
+# ## Bug 1 · a softmax over the wrong axis
 #
-# Write `layer_norm(x, p, eps=1e-5)`: normalize over the last axis, then scale by `p["weight"]` and
-# shift by `p["bias"]`. Shapes: x `[..., M]`, weight and bias `[M]`.
+# Scores are `[..., queries, keys]`: each query's row must sum to 1 over the **keys**, the last axis. A
+# softmax over axis -2 makes each *key's* column sum to 1 instead.
 #
-# A classic bug, shown below: computing the variance the way `torch.var` does **by default**, with
-# Bessel's correction (divide by M − 1). `nn.LayerNorm` uses the *biased* variance (divide by M). The
-# difference is a factor √(M/(M−1)) ≈ 1.004 for M = 128 (asserted below) — small, but far beyond
-# tolerance, and the report names the very first layer norm of the encoder.
-#
-# The encoder and decoder modules import `layer_norm` by name, so we patch it in both.
+# **Predict** before running: which intermediate diverges first, and why not the embeddings or the layer
+# norms before it?
 
 # %%
-def student_layer_norm(x, p, eps=1e-5):
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).sum(axis=-1, keepdims=True) / (x.shape[-1] - 1)   # BUG: unbiased variance
-    return (x - mean) / np.sqrt(var + eps) * p["weight"] + p["bias"]
-
-M = cfg.d_model
-assert M == 128 and round(float(np.sqrt(M / (M - 1))), 3) == 1.004
-report = check(encoder__layer_norm=student_layer_norm, decoder__layer_norm=student_layer_norm)
-print("\n".join(str(report).splitlines()[:6]))
-assert report.first_divergence == "model.encoder.layers.0.self_attn_layer_norm"
+def softmax_over_queries(s):
+    e = np.exp(s - s.max(axis=-2, keepdims=True))
+    return e / e.sum(axis=-2, keepdims=True)                  # BUG: normalized over the queries
 
 
-# %%
-def student_layer_norm(x, p, eps=1e-5):
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)                       # fixed: biased variance
-    return (x - mean) / np.sqrt(var + eps) * p["weight"] + p["bias"]
-
-report = check(encoder__layer_norm=student_layer_norm, decoder__layer_norm=student_layer_norm)
-
+report = check(layers__softmax=softmax_over_queries)
+assert report.first_divergence == "model.encoder.layers.0.self_attn"
 
 # %% [markdown]
-# ## Exercise 2 · `global_local_attention`
-#
-# The heart of PEGASUS-X. Signature and contract (as `minipegx.encoder.global_local_attention`):
-#
-# ```
-# x    [B, P, M] tokens, P a multiple of K       g [B, G, M] global tokens
-# mask [B, P] additive (0 or finfo.min)          p {"q_proj", "k_proj", "v_proj", "out_proj"}: {"weight": [M, M]}, no biases
-# output_attentions: whether the caller wants the probabilities (returning them always is fine too)
-# returns (token output [B, P, M], global output [B, G, M],
-#          {"local": [B, H, N, K, G+K], "global": [B, H, G, G+P]} or None)
-# ```
-#
-# * a token attends the G global tokens and the K tokens of its block (keys: globals first);
-# * a global token attends all G global tokens and all P tokens;
-# * both use the same q/k/v/out projections; the queries are multiplied by D^-1/2 **before** the product.
-#
-# Fill in the scaffold below (it is not run by the checker until you call `check`). Then look at the
-# buggy version after it.
-
-# %%
-def my_global_local_attention(x, g, mask, p, num_heads, block_size, output_attentions=True):
-    B, P, M = x.shape                                  # noqa: F841 (the shapes, for your code)
-    G, H, K = g.shape[1], num_heads, block_size        # noqa: F841
-    N, D = P // K, M // H                              # noqa: F841
-    # 1. project tokens and global tokens with p["q_proj"]["weight"] etc. (layers.linear), split heads
-    # 2. global rows: scores [B, H, G, G+P] over (global keys, token keys), add the mask, softmax, times values
-    # 3. each block: scores [B, H, N, K, G+K] over (global keys, the block's keys), mask, softmax, times values
-    # 4. merge heads, out_proj for both outputs
-    raise NotImplementedError("your turn: then run check(encoder__global_local_attention=my_global_local_attention)")
-
+# The first attention of the encoder: everything before it (embeddings, positions, the layer norms) does
+# not call softmax. Now fix it (one axis) and run the check again; it should print "all within tolerance".
 
 # %% [markdown]
-# A student's version, written with a loop over blocks for readability — and one bug: the queries
-# are never scaled by D^-1/2. The report points at the first encoder attention.
-
-# %%
-def student_attention(x, g, mask, p, num_heads, block_size, output_attentions=True, scale_queries=False):
-    B, P, M = x.shape
-    G, H, K = g.shape[1], num_heads, block_size
-    N, D = P // K, M // H
-    scale = D ** -0.5 if scale_queries else 1.0                           # the bug when False
-
-    def proj(a, name):                                                    # [B, P or G, M] -> [B, H, P or G, D]
-        return linear(a, p[name]["weight"]).reshape(B, -1, H, D).transpose(0, 2, 1, 3)
-
-    q, k, v = proj(x, "q_proj") * scale, proj(x, "k_proj"), proj(x, "v_proj")
-    gq, gk, gv = proj(g, "q_proj") * scale, proj(g, "k_proj"), proj(g, "v_proj")
-    zeros = np.zeros((B, G), mask.dtype)
-
-    # global tokens: every global token and every token
-    keys, values = np.concatenate([gk, k], 2), np.concatenate([gv, v], 2)           # [B, H, G+P, D]
-    global_probs = softmax(gq @ keys.swapaxes(-1, -2) + np.concatenate([zeros, mask], 1)[:, None, None])
-    g_out = global_probs @ values                                                 # [B, H, G, D]
-
-    # tokens: block by block, the global keys in front of the block's keys
-    t_out, local_probs = np.empty_like(q), np.empty((B, H, N, K, G + K), q.dtype)
-    for n in range(N):
-        blk = slice(n * K, (n + 1) * K)
-        keys = np.concatenate([gk, k[:, :, blk]], 2)                             # [B, H, G+K, D]
-        values = np.concatenate([gv, v[:, :, blk]], 2)
-        s = q[:, :, blk] @ keys.swapaxes(-1, -2) + np.concatenate([zeros, mask[:, blk]], 1)[:, None, None]
-        local_probs[:, :, n] = softmax(s)                                         # [B, H, K, G+K]
-        t_out[:, :, blk] = local_probs[:, :, n] @ values
-
-    def out(a):                                                                   # [B, H, P or G, D] -> [B, P or G, M]
-        return linear(a.transpose(0, 2, 1, 3).reshape(B, -1, M), p["out_proj"]["weight"])
-
-    return out(t_out), out(g_out), {"local": local_probs, "global": global_probs}
-
-report = check(encoder__global_local_attention=student_attention)
-print("\n".join(str(report).splitlines()[:8]))
-
-
-# %% [markdown]
-# Fixed: scale the queries. Note that scaling the *scores* after the product instead would also pass
-# — it is the same math, only the rounding differs (~1e-7) — but the reference pre-scales the
-# queries, and matching its order of operations is what keeps fp16/bf16 runs close too.
-
-# %%
-def fixed_attention(*args, **kwargs):
-    return student_attention(*args, **kwargs, scale_queries=True)
-
-report = check(encoder__global_local_attention=fixed_attention)
-
-
-# %% [markdown]
-# ## Exercise 3 · the stagger
+# ## Bug 2 · a causal mask that hides the step itself
 #
-# `stagger(x, mask, block_size)` pads K/2 tokens on both sides of the (layer-normed) tokens so the odd
-# layers see blocks shifted by half a block; the padding must be **masked** with `finfo.min`.
-# The student below pads the tokens but gives the padded positions a mask of 0 ("keep"): the
-# half-blocks at both ends then attend to zero vectors. Layer 0 is not staggered, so the report
-# agrees on all of layer 0 and names **layer 1**, the first staggered layer.
-
-# %%
-def student_stagger(x, mask, block_size):
-    h = block_size // 2
-    x = np.pad(x, ((0, 0), (h, h), (0, 0)))
-    mask = np.pad(mask, ((0, 0), (h, h)))                     # BUG: padding "kept" (0) instead of finfo.min
-    return x, mask
-
-report = check(encoder__stagger=student_stagger)
-
-
-# %%
-def student_stagger(x, mask, block_size):
-    h = block_size // 2
-    x = np.pad(x, ((0, 0), (h, h), (0, 0)))
-    mask = np.pad(mask, ((0, 0), (h, h)), constant_values=np.finfo(mask.dtype).min)   # fixed
-    return x, mask
-
-report = check(encoder__stagger=student_stagger)
-
-# %% [markdown]
-# And forgetting the stagger altogether — a model whose config turns `stagger_local_blocks` off —
-# diverges at the same place:
-
-# %%
-unstaggered = dataclasses.replace(model, config=cfg.replace(stagger_local_blocks=False))
-report = parity.compare(None, ids, mask, model=unstaggered, reference=reference)
-print("first divergence:", report.first_divergence)
-
-
-# %% [markdown]
-# ## Exercise 4 · decoding with a cache
+# The decoder's self-attention lets step i see steps 0 … i. `causal_mask(S, past, dtype, xp)` returns the
+# additive mask `[1, 1, S, past+S]`. Below, `<` instead of `<=`: a step no longer sees itself.
 #
-# `compare(..., steps=n)` also decodes n more tokens greedily (the reference's choice fed to both
-# sides, each with its own cache) and compares every intermediate at every step. A common cache bug:
-# the positions of a new token restart at 0 instead of continuing after the cached steps. Step 0 (the
-# full forward) agrees; the report names the first cached step.
+# **Predict**: does the first decoder pass (one start token, nothing cached) diverge?
 
 # %%
-def student_positions(start, length, dim, xp, dtype="float32"):
+def causal_mask_strict(S, past, dtype, xp, decoder_attention_mask=None):
+    C = past + S
+    allowed = xp.arange(C)[None, :] < (past + xp.arange(S))[:, None]      # BUG: < hides the step itself
+    return xp.where(allowed[None, None], 0.0, xp.finfo(dtype).min).astype(dtype)   # [1, 1, S, C]
+
+
+report = check(decoder__causal_mask=causal_mask_strict)
+assert report.first_divergence == "step 1: model.decoder.layers.0.self_attn"
+
+# %% [markdown]
+# No: at the first step the start token's only key is itself, every score is masked alike, and a softmax
+# over equal scores still gives that one key all the weight. The bug shows at the first cached step, where
+# a step should see two keys and sees one. A test on a single decoding step would have missed it.
+#
+# ## Bug 3 · positions that restart after the cache
+#
+# A new decoding step's position continues after the cached steps (`start` = the number of cached steps).
+# Ignoring `start` gives every step position 0.
+
+# %%
+def positions_from_zero(start, length, dim, xp, dtype="float32"):
     return layers.sinusoidal_positions(0, length, dim, xp, dtype)        # BUG: ignores `start`
 
-report = parity.compare(None, ids, mask, model=model, reference=reference, steps=2,
-                        patch={"minipegx.decoder.sinusoidal_positions": student_positions})
-print("first divergence:", report.first_divergence)
+
+report = check(decoder__sinusoidal_positions=positions_from_zero)
+assert report.first_divergence == "step 1: model.decoder.embed_positions"
 
 # %% [markdown]
-# **For a course:** hand out this notebook with the fixed versions removed; a student's function
-# passes when `check(...)` prints "all within tolerance". The same checker runs on a real checkpoint
-# (`parity.compare("path/to/pegasus-x-base", ...)`, or `minipegx parity path/to/pegasus-x-base` on the
-# command line) — see `docs/real_checkpoints.md`.
+# ## Your turn: your exercise functions in the model
+#
+# The graded exercises (`exercises/pegasus_x_exercises_student.ipynb`) ask for `layer_norm`, `ffn`,
+# `sinusoidal_positions`, `global_local_attention`, `stagger`, `encoder_layer`, the decoder's attention and
+# `beam_step`. Their check cells say where your function differs on small inputs; this report says where the
+# whole model first differs with it in place. Paste one of your functions into a cell below and run, e.g.
+#
+#     check(layers__layer_norm=layer_norm)
+#     check(encoder__global_local_attention=global_local_attention)
+#     check(encoder__stagger=stagger)
+#
+# The name after `check(` is the module and the function, joined by two underscores. A bug in
+# `global_local_attention` shows at `model.encoder.layers.0.self_attn`; one that only the staggered layers
+# meet (a wrong `stagger`), at layer 1.
+
+# %% [markdown]
+# ## With transformers as the reference
+#
+# `minipegx.parity.compare` makes the same report with transformers' `PegasusXForConditionalGeneration` as
+# the reference (its intermediates caught with forward hooks on the same modules). It needs torch and
+# transformers.
+
+# %%
+if has_transformers():
+    from minipegx import parity
+
+    reference = parity.load_reference(path)
+    report = parity.compare(None, ids, mask, model=model, reference=reference, steps=2)
+    print("\n".join(str(report).splitlines()[:6]), "\n...\n", str(report).splitlines()[-1])
+    assert report.ok
+else:
+    print("torch and transformers are not installed: this comparison is skipped (everything above ran without them)")

@@ -385,3 +385,16 @@ def test_influence_tiles_pool_the_dense_hops_without_building_them(stagger, use_
     tiles, s_got, top_got = influence_tiles(cfg, T, use_global, max_pixels=pixels)
     assert (s_got, top_got) == (s, top)
     np.testing.assert_array_equal(tiles, dense.reshape(m, s, m, s).min(axis=(1, 3)))
+
+
+def test_attention_heatmaps_show_small_probabilities_and_a_colour_bar():
+    """A probability of 0.01 against a maximum of 1 sits a tenth of the way up the colour scale (square root),
+    not a hundredth (linear), and every heatmap carries a colour bar that names its scale."""
+    model = tiny_model()
+    out, _, _ = run(model, 13)
+    for fig in (viz.plot_attention(out, model.config, 1),
+                viz.plot_cross_attention(out, [f"s{i}" for i in range(13)], ["<pad>", "a", "b"])):
+        image = fig.axes[0].images[0]
+        norm = image.norm
+        assert abs(norm(0.01 * norm.vmax) - 0.1) < 1e-6
+        assert len(fig.axes) == 2 and "square-root scale" in fig.axes[1].get_ylabel()

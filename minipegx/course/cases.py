@@ -46,6 +46,13 @@ class Case:
     names: object
     axes: dict = field(default_factory=dict)
     keep: dict = field(default_factory=dict)
+    masks: tuple = ()          # outputs that are additive masks: a masked entry may hold any value <= MASKED
+    legend: str = ""           # what the axis letters mean, when they are not the shape legend's
+
+
+# An additive mask hides a key when exp(score + mask - max) underflows to 0 in float32 (below -104) for any
+# score the model produces; finfo.min is what minipegx uses, -1e9 (a common choice) hides as well.
+MASKED = -1e9
 
 
 def _params(rng):
@@ -96,14 +103,20 @@ def _encoder_cases(rng, enc):
                     {tok: keep[:, :, None], "local probs": sk.reshape(2, 1, -1, K, 1)})
 
     h = x[:, :T]
+    loud = {**enc["self_attn"], "q_proj": {"weight": enc["self_attn"]["q_proj"]["weight"] * np.float32(300)}}
     return {
+        # the padded positions may hold anything the mask hides (zeros, edge values): only real ones count
         "stagger": [Case("tokens [2, 12, 16] in 3 blocks of K=4, row 1 padded from token 7", (x, mask, K),
-                         ("tokens", "mask"), {"tokens": "btm", "mask": "bt"})],
+                         ("tokens", "mask"), {"tokens": "btm", "mask": "bt"}, {"tokens": skeep[:, :, None]},
+                         masks=("mask",))],
         "global_local_attention": [
             Case("3 blocks of K=4 (the last one partial), 2 global tokens, row 1 padded from token 7",
                  (x, g, mask, enc["self_attn"], H, K), (tok, glob, probs), ax_attn, attention_keep(keep)),
             Case("a staggered layer: 4 blocks after the half-block shift", (sx, g, smask, enc["self_attn"], H, K),
-                 (tok, glob, probs), ax_attn, attention_keep(skeep))],
+                 (tok, glob, probs), ax_attn, attention_keep(skeep)),
+            Case("q_proj 300 times larger: scores in the thousands, where exp overflows float32 unless each "
+                 "row's max is subtracted first", (x, g, mask, loud, H, K), (tok, glob, probs), ax_attn,
+                 attention_keep(keep))],
         "encoder_layer": [layer(False, "an unstaggered layer: 3 blocks, 2 global tokens, row 1 padded"),
                           layer(True, "a staggered layer: 4 blocks after the half-block shift")],
         "layer_norm": [Case("tokens [2, 10, 16] of mean 0.5 and scale 2", (h, enc["final_layer_norm"]),
@@ -191,7 +204,11 @@ def _beam_case(rng):
         state, _ = REFERENCE["beam_step"](state, log_probs(boost), opts)
     names = (replace(state, **{f: f"state.{f}" for f in vars(state)}),
              ("candidate tokens", "candidate parents", "candidate scores", "kept", "finished"))
-    return Case("2 inputs, 3 beams, after 3 steps with finished hypotheses", (state, log_probs(2.5), opts), names)
+    axes = {"state.running": "bwl", "state.running_scores": "bw", "state.running_parents": "bwl",
+            "state.pool": "bwl", "state.pool_scores": "bw", "state.pool_parents": "bwl", "state.pool_done": "bw",
+            "state.improvable": "b1", "state.hits": "bc", **{n: "bc" for n in names[1]}}
+    return Case("2 inputs, 3 beams, after 3 steps with finished hypotheses", (state, log_probs(2.5), opts), names,
+                axes, legend="axes: b input, w beam (best first), l token position, c candidate (best first)")
 
 
 def cases(name):

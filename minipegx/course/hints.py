@@ -10,10 +10,87 @@ Shape legend as in cases.py.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
+from .. import layers as _L
 from .cases import REFERENCE, D
+from .harvest import fresh
+
+
+def _split_wrong(x, num_heads):
+    """[B, T, M] -> [B, H, T, D] by a plain reshape, no transpose: each 'head' mixes tokens and features."""
+    B, T, M = x.shape
+    return x.reshape(B, num_heads, T, M // num_heads)
+
+
+def _merge_wrong(x):
+    B, H, T, Dh = x.shape
+    return x.reshape(B, T, H * Dh)
+
+
+def _softmax(s):
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _attention(x, g, mask, p, num_heads, block_size, output_attentions=True, *, scale=True, mask_on="keys",
+               global_keys=True, wrong_heads=False):
+    """A plain global-local attention with one mistake switched on, for recognising a student's output."""
+    split = _split_wrong if wrong_heads else _L.split_heads
+    merge = _merge_wrong if wrong_heads == "both" else _L.merge_heads
+    B, P, M = x.shape
+    G, H, K = g.shape[1], num_heads, block_size
+    N, Dh = P // K, M // H
+    both = np.concatenate([g, x], axis=1)                                              # [B, G+P, M]
+    q = split(both @ p["q_proj"]["weight"].T, H) * np.float32(Dh ** -0.5 if scale else 1.0)  # [B, H, G+P, D]
+    k, v = split(both @ p["k_proj"]["weight"].T, H), split(both @ p["v_proj"]["weight"].T, H)
+    gmask = np.concatenate([np.zeros((B, G), mask.dtype), mask], axis=1)              # [B, G+P]
+    gprobs = _softmax(q[:, :, :G] @ k.swapaxes(-1, -2) + gmask[:, None, None, :])         # [B, H, G, G+P]
+    qb = q[:, :, G:].reshape(B, H, N, K, Dh)                                          # [B, H, N, K, D]
+    kb, vb = k[:, :, G:].reshape(B, H, N, K, Dh), v[:, :, G:].reshape(B, H, N, K, Dh)
+    lmask = mask.reshape(B, 1, N, K)
+    if global_keys:
+        kb = np.concatenate([np.broadcast_to(k[:, :, None, :G], (B, H, N, G, Dh)), kb], axis=3)  # [B, H, N, G+K, D]
+        vb = np.concatenate([np.broadcast_to(v[:, :, None, :G], (B, H, N, G, Dh)), vb], axis=3)
+        keymask = np.concatenate([np.zeros((B, 1, N, G), mask.dtype), lmask], axis=-1)    # [B, 1, N, G+K]
+    else:
+        keymask = lmask
+    s = qb @ kb.swapaxes(-1, -2)                                                       # [B, H, N, K, G+K or K]
+    s = s + (lmask[..., :, None] if mask_on == "queries" else keymask[..., None, :])
+    lprobs = _softmax(s)
+    tout = (lprobs @ vb).reshape(B, H, P, Dh)
+    out = merge(np.concatenate([gprobs @ v, tout], axis=2)) @ p["out_proj"]["weight"].T  # [B, G+P, M]
+    return out[:, G:], out[:, :G], {"local": lprobs, "global": gprobs}
+
+
+def _self_attention(x, p, num_heads, mask, cache=None, *, wrong_heads=False, cache_out="grown"):
+    """A plain decoder self-attention with one mistake switched on."""
+    split = _split_wrong if wrong_heads else _L.split_heads
+    merge = _merge_wrong if wrong_heads == "both" else _L.merge_heads
+    Dh = x.shape[-1] // num_heads
+    q, k, v = (split(x @ p[n]["weight"].T, num_heads) for n in ("q_proj", "k_proj", "v_proj"))  # [B, H, S, D]
+    new_k, new_v = k, v
+    if cache is not None:
+        k, v = np.concatenate([cache[0], k], axis=2), np.concatenate([cache[1], v], axis=2)  # [B, H, L, D]
+    probs = _softmax(q @ k.swapaxes(-1, -2) * np.float32(Dh ** -0.5) + mask)              # [B, H, S, L]
+    out = merge(probs @ v) @ p["out_proj"]["weight"].T
+    returned = {"grown": (k, v), "new only": (new_k, new_v),
+                "past only": cache if cache is not None else (k[:, :, :0], v[:, :, :0]),
+                "one step short": (k[:, :, :-1], v[:, :, :-1])}[cache_out]
+    return out, probs, returned
+
+
+def _cross_kv_wrong_heads(encoder_hidden, p, num_heads):
+    return (_split_wrong(encoder_hidden @ p["k_proj"]["weight"].T, num_heads),
+            _split_wrong(encoder_hidden @ p["v_proj"]["weight"].T, num_heads))
+
+
+def _beam_with(**changes):
+    def variant(state, log_probs, opts, rng=None):
+        return REFERENCE["beam_step"](state, log_probs, replace(opts, **changes), rng)
+    return variant
 
 
 def _scaled_queries(args, at):
@@ -75,11 +152,42 @@ VARIANTS = {
     "ffn": [("the tanh approximation of GELU; ACT2FN['gelu'] is the exact one, with erf",
              lambda x, p, act: REFERENCE["ffn"](x, p, "gelu_new" if act == "gelu" else act))],
     "global_local_attention": [
-        ("queries not scaled by D^-1/2", lambda *a: REFERENCE["global_local_attention"](*_scaled_queries(a, 3)))],
+        ("queries not scaled by D^-1/2 (multiply the queries by D ** -0.5 before the product)",
+         lambda *a: _attention(*a, scale=False)),
+        ("the mask applied on the query axis; it hides padded *keys*: add it as [B, 1, N, 1, G+K] (and "
+         "[B, 1, 1, G+P] for the global rows), so it broadcasts over the queries",
+         lambda *a: _attention(*a, mask_on="queries")),
+        ("the global keys left out of the blocks: each token attends the G global tokens *and* its block, "
+         "G+K keys, global keys first", lambda *a: _attention(*a, global_keys=False)),
+        ("the heads split by a plain reshape to [B, H, T, D]; split [B, T, M] as [B, T, H, D], then move the "
+         "heads forward (transpose(0, 2, 1, 3), or L.split_heads), and undo it the same way",
+         lambda *a: _attention(*a, wrong_heads="split")),
+        ("the heads split and merged by plain reshapes; split [B, T, M] as [B, T, H, D] and move the heads "
+         "forward (L.split_heads), merge by the inverse (L.merge_heads)",
+         lambda *a: _attention(*a, wrong_heads="both"))],
     "self_attention": [
-        ("scores not scaled by D^-1/2", lambda *a: REFERENCE["self_attention"](*_scaled_queries(a, 1)))],
+        ("scores not scaled by D^-1/2", lambda *a: REFERENCE["self_attention"](*_scaled_queries(a, 1))),
+        ("the heads split by a plain reshape to [B, H, S, D]; split [B, S, M] as [B, S, H, D], then move the "
+         "heads forward (L.split_heads)", lambda *a: _self_attention(*a, wrong_heads="split")),
+        ("the heads split and merged by plain reshapes; split [B, S, M] as [B, S, H, D] and move the heads "
+         "forward (L.split_heads), merge by the inverse (L.merge_heads)",
+         lambda *a: _self_attention(*a, wrong_heads="both")),
+        ("the returned cache holds only the new step's keys/values; return the past ones with the new ones "
+         "appended on the step axis, [B, H, L, D]", lambda *a: _self_attention(*a, cache_out="new only")),
+        ("the returned cache holds only the past steps; append the new step's keys/values before returning it",
+         lambda *a: _self_attention(*a, cache_out="past only")),
+        ("the returned cache is one step short (its last step dropped); it must hold all L = past + S steps",
+         lambda *a: _self_attention(*a, cache_out="one step short"))],
+    "cross_kv": [
+        ("the heads split by a plain reshape to [B, H, T, D]; split [B, T, M] as [B, T, H, D], then move the "
+         "heads forward (L.split_heads)", _cross_kv_wrong_heads)],
     "cross_attention": [
         ("scores not scaled by D^-1/2", lambda *a: REFERENCE["cross_attention"](*_scaled_queries(a, 2)))],
+    "beam_step": [
+        ("the length penalty applied as a plain average (length ** 1); a finished hypothesis scores "
+         "sum / length ** length_penalty, with opts.length_penalty", _beam_with(length_penalty=1.0)),
+        ("the length penalty left out (the raw sum); a finished hypothesis scores "
+         "sum / length ** length_penalty", _beam_with(length_penalty=0.0))],
     "encoder_layer": [
         ("the staggered layer's blocks not shifted (no stagger, or the shift not undone)",
          lambda x, g, mask, p, config, staggered, *rest: REFERENCE["encoder_layer"](x, g, mask, p, config, False))],
@@ -92,8 +200,8 @@ ADVICE = {
     "ffn": "fc2(act(fc1(x))) with both biases; W is [out, in] as stored, so x @ W.T.",
     "sinusoidal_positions": "angle = position * exp(-ln(10000) i / (M/2 - 1)), sines in the first M/2 features, "
                             "cosines in the second; positions start at `start`.",
-    "stagger": "pad K/2 zero tokens at both ends of the token axis and K/2 masked (finfo.min) entries at both ends "
-               "of the mask.",
+    "stagger": "pad K/2 positions at both ends of the token axis (what they hold does not matter: they are "
+               "masked) and K/2 masked entries (finfo.min) at both ends of the mask.",
     "global_local_attention": "each block's keys are the G global keys then its own K keys; the global tokens "
                               "see all G+P keys; the token mask applies to keys, per batch row; queries are "
                               "scaled by D^-1/2; globals come first in the probabilities.",
@@ -116,7 +224,9 @@ def matching_variant(name, args, got, same):
     """The description of a known mistake whose outputs equal `got` (same(got, want) decides), or None."""
     for what, variant in VARIANTS.get(name, ()):
         try:
-            if same(got, variant(*args)):
+            with np.errstate(all="ignore"):
+                out = variant(*fresh(args))
+            if same(got, out):
                 return what
         except Exception:  # a variant that does not apply to this case
             continue
@@ -127,11 +237,19 @@ def where_hint(index, axes, bad, got, want):
     """A hint from where and how the outputs differ: NaN/inf, a constant factor, one batch row, a block."""
     got64, want64 = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if not np.isfinite(got64).all() and np.isfinite(want64).all():
-        return "your output holds NaN or inf where the reference is finite (exp of a large score? -inf in a mask?)."
+        return ("your output holds NaN or inf where the reference is finite: exp of a large score overflows float32 "
+                "(exp(89) is inf) unless each row's max is subtracted before exp, as L.softmax does; or -inf in a "
+                "mask?")
     ratio = got64[bad] / np.where(want64[bad] == 0, np.nan, want64[bad])
-    if ratio.size and np.isfinite(ratio).all() and np.ptp(ratio) < 1e-3 * abs(ratio.mean()):
-        return f"your output is the expected one times {ratio.mean():.4g}: a missing or extra scale factor?"
-    rows = set(np.nonzero(bad)[0].tolist()) if axes[:1] == "b" else set()
+    if ratio.size > 1 and np.isfinite(ratio).all() and np.ptp(ratio) < 1e-4 * abs(ratio.mean()) \
+            and abs(ratio.mean() - 1) > 1e-3:
+        r = ratio.mean()
+        known = {math.sqrt(D): "sqrt(D)", 1 / math.sqrt(D): "1 / sqrt(D)"}
+        name = next((f" = {v}" for k, v in known.items() if abs(r - k) < 1e-3 * k), "")
+        return f"every differing entry is the expected one multiplied by the same factor, {r:.6g}{name}: " \
+               f"a scale factor missing, doubled or misplaced?"
+    tokens_or_steps = axes[:1] == "b" and any(a in axes for a in "tsqgn")   # not beam search's inputs
+    rows = set(np.nonzero(bad)[0].tolist()) if tokens_or_steps else set()
     if got64.shape[0] == 2 and rows == {1}:
         return ("only batch row 1, the padded row, differs: is the mask applied per row, to the keys, and does "
                 "each row use its own keys?")

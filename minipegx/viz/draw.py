@@ -112,19 +112,23 @@ def plot_attention(attentions, config, layer, head=None, region=None, max_pixels
     max_pixels positions are shown, each pixel pools a tile of cells -- pool="max" (the strongest
     attention in the tile, so sparse structure shows) or "mean" (the tile's average) -- computed from
     the blocked tensors without building the dense matrix (probs.attention_tiles). tokens: labels when
-    few enough to print. log=True: logarithmic colours (zeros blank), to see the small probabilities too."""
+    few enough to print. Colours: a square-root scale (PowerNorm, gamma 0.5) by default, so that a probability
+    of 0.01 is a tenth of the way up the colour bar instead of a hundredth (a linear scale leaves everything
+    but the few brightest cells pale); log=True: logarithmic colours (zeros blank), every order of magnitude
+    alike. Cells where attention is impossible (exactly 0) stay white."""
     mpl = _mpl()
     img, idx, g, s, layer_i, T = attention_tiles(attentions, config, layer, head, region, max_pixels, length,
                                                  batch_index, pool, tokens, include_globals)
     start = int(idx[g]) - config.num_global_tokens if len(idx) > g else 0
     fig, ax = _figure((7, 6), ax)
     norm = mpl.colors.LogNorm(vmin=max(img[img > 0].min(initial=1.0), 1e-6), vmax=max(img.max(), 1e-6)) if log \
-        else mpl.colors.Normalize(vmin=0, vmax=max(img.max(), 1e-6))
+        else mpl.colors.PowerNorm(gamma=0.5, vmin=0, vmax=max(img.max(), 1e-6))
     cmap = mpl.colormaps["viridis" if log else "magma_r"].with_extremes(bad="white")
     im = ax.imshow(np.ma.masked_equal(img, 0), cmap=cmap, norm=norm, interpolation="nearest",
                    extent=_image_extent(img.shape[0], s, g, start))  # white: attention impossible (exactly 0)
-    fig.colorbar(im, ax=ax, shrink=0.8, label=f"attention probability ({pool} over {s}x{s} tile)" if s > 1
-                 else "attention probability")
+    scale = "log scale" if log else "square-root scale"
+    fig.colorbar(im, ax=ax, shrink=0.8, label=f"attention probability ({pool} over {s}x{s} tile, {scale})" if s > 1
+                 else f"attention probability ({scale})")
     G = config.num_global_tokens
     labels = None if tokens is None else [f"<g{i}>" if i < G else str(tokens[i - G]) for i in idx]
     _position_axes(ax, len(idx), g, start, s, labels, config.block_size)
@@ -137,14 +141,16 @@ def plot_cross_attention(cross_attentions, source_tokens, summary_tokens, layer=
                          top_k_sources=None, max_sources=80, batch_index=0, ax=None):
     """Cross-attention of the summary (rows) over the source tokens (columns), tokens as labels.
     Arguments as probs.cross_attention_map. Row s is the decoder input at step s: the start token, then
-    the summary shifted right, so pass those tokens as summary_tokens."""
-    _mpl()
+    the summary shifted right, so pass those tokens as summary_tokens. Colours on a square-root scale with
+    a colour bar, as plot_attention's."""
+    mpl = _mpl()
     a, labels, what, layer = cross_attention_map(cross_attentions, source_tokens, summary_tokens, layer, head,
                                                  top_k_sources, max_sources, batch_index)
     S, C = a.shape
     fig, ax = _figure((min(3 + 0.16 * C, 24), min(2 + 0.22 * S, 16)), ax)
-    im = ax.imshow(a, cmap="magma_r", vmin=0, aspect="auto", interpolation="nearest")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="attention mass")
+    im = ax.imshow(a, cmap="magma_r", norm=mpl.colors.PowerNorm(gamma=0.5, vmin=0, vmax=max(float(a.max()), 1e-6)),
+                   aspect="auto", interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="attention mass (square-root scale)")
     ax.set_xticks(np.arange(C), labels, rotation=90, fontsize=7)
     ax.set_yticks(np.arange(S), [str(t) for t in summary_tokens], fontsize=7)
     ax.set_xlabel(what)

@@ -20,8 +20,10 @@
 # the usual bugs (a batch of 2 whose second row is padded, 3 blocks with a partial last one, a staggered
 # layer, global tokens, beams), then puts it **in place** in the first (short) bundled demo model and compares the
 # model's logits. When it fails it says where your output first differs, by how much, and the likely cause.
-# Your grade is the same check (see the points in each heading). No torch needed; if transformers is
-# installed, the check also compares with it.
+# Your grade is the same check (see the points in each heading): the grader runs your notebook's cells (not
+# the check cells), then checks each function. The function must be your own `def`: importing minipegx's
+# function of the same name, or calling it from yours, scores 0 (the other minipegx functions each exercise
+# names are yours to use). No torch needed; if transformers is installed, the check cells also compare with it.
 #
 # Each exercise uses minipegx's versions of the earlier ones (`L.layer_norm`, `E.stagger`...), so a bug
 # in one exercise costs only that exercise's points.
@@ -69,10 +71,10 @@ def ffn(x, p, act):
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("layer_norm", layer_norm)
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("ffn", ffn)
 
 # %% [markdown]
@@ -100,7 +102,7 @@ def sinusoidal_positions(start, length, dim, xp, dtype="float32"):
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("sinusoidal_positions", sinusoidal_positions)
 
 # %% [markdown]
@@ -155,7 +157,7 @@ def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentio
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("global_local_attention", global_local_attention)
 
 # %% [markdown]
@@ -207,10 +209,10 @@ def encoder_layer(x, g, mask, p, config, staggered, trace=None, name="", output_
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("stagger", stagger)
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("encoder_layer", encoder_layer)
 
 # %% [markdown]
@@ -273,13 +275,13 @@ def cross_attention(x, kv, p, num_heads, mask):
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("self_attention", self_attention)
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("cross_kv", cross_kv)
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("cross_attention", cross_attention)
 
 # %% [markdown]
@@ -362,7 +364,7 @@ def beam_step(state, log_probs, opts, rng=None):
     ### END SOLUTION
 
 
-# %% tags=["otter_ignore"]
+# %% tags=["grader_skip"]
 check_function("beam_step", beam_step)
 
 # %% [markdown]
