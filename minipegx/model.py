@@ -90,6 +90,20 @@ class PegasusX:
         """Generated ids [B * num_return_sequences, S], starting with the decoder start token."""
         return generate(self, input_ids, attention_mask=attention_mask, **options)
 
+    def save_pretrained(self, directory, tokenizer=None, *, quantized: str | None = None,
+                        overwrite: bool = False) -> str:
+        """Write the folder transformers writes (config.json, generation_config.json, model.safetensors
+        under transformers' names, and the tokenizer's files, tokenizer.json included), which
+        minipegx.from_pretrained and transformers' from_pretrained both load. Returns the directory.
+
+        tokenizer: a minipegx Tokenizer to save along; None takes the tokenizer of the folder the model was
+        loaded from. quantized: a quantized model must say "dequantize" (float32, transformers loads it) or
+        "packed" (minipegx's int8/NF4 format). overwrite=True allows the folder the model was loaded from.
+        The rules: minipegx.checkpoint.writer."""
+        from .checkpoint import save_model
+
+        return save_model(self, directory, tokenizer, quantized=quantized, overwrite=overwrite)
+
 
 # ---------------------------------------------------------------------------------------------- inputs
 def check_call_names(args, inputs):
@@ -232,7 +246,8 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
 
     path=None loads the bundled default demo model, demo_model_path("long"). dtype: 'float32' | 'float16' |
     'bfloat16', the compute dtype (docs/precision.md). quantize: None | 'int8' | 'nf4', weight-only
-    quantization of every linear layer (quantize.py); a directory written by quantize.save_quantized loads quantized as saved."""
+    quantization of every linear layer (quantize.py); a directory written by checkpoint.save_quantized
+    (or save_pretrained(dir, quantized="packed")) loads quantized as saved."""
     from .checkpoint import load_params
     from .checkpoint.names import require_float
     from .tree import flatten_params
@@ -249,10 +264,11 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     compute = B_.resolve_dtype(dtype, xp)
     config = PegasusXConfig.from_json_file(path)
     from .precision import assert_weights_fit
-    from .quantize import check_mode, is_quantized, load_quantized, quantize_params, read_quant_config
+    from .checkpoint import load_quantized, read_quant_config
+    from .quantize import check_mode, is_quantized, quantize_params
 
     saved = read_quant_config(path)
-    if saved is not None:  # written by quantize.save_quantized
+    if saved is not None:  # written by checkpoint.save_quantized
         if quantize not in (None, saved):
             from .errors import ConfigError
             raise ConfigError(f"{path} holds {saved}-quantized weights; load it with quantize=None or "
