@@ -30,7 +30,10 @@ from .layers import linear, record
 
 @dataclass
 class EncoderOutput:
-    """transformers' BaseModelOutput: last_hidden_state [B, T, M], hidden_states, attentions."""
+    """transformers' BaseModelOutput: last_hidden_state [B, T, M] (after the final layer norm);
+    hidden_states: each layer's padded input [B, P, M], then the pair (tokens [B, T, M], global tokens
+    [B, G, M]); attentions: per layer {"local": [B, H, N, K, G+K], "global": [B, H, G, G+P]} (N + 1
+    blocks and P + K positions in a staggered layer). Indexable like a tuple."""
     last_hidden_state: object
     hidden_states: tuple | None = None
     attentions: tuple | None = None
@@ -56,7 +59,14 @@ class Seq2SeqLMOutput:
 
 @dataclass
 class PegasusX:
-    """A loaded PEGASUS-X: config, parameters on the chosen backend, and generation defaults."""
+    """A loaded PEGASUS-X: config, parameters on the chosen backend, and generation defaults.
+
+    Fields: config (a PegasusXConfig), params (the parameter tree with the checkpoint's names, e.g.
+    ``params["model"]["shared"]["weight"]`` [V, M]), backend ('numpy' | 'cupy'), dtype (the compute
+    dtype), generation_config (generation_config.json's dict), path (the folder it was loaded from),
+    check_finite (inf/NaN check after every layer; None: on under float16/bfloat16). Calling the model,
+    ``model(input_ids=[B, T], decoder_input_ids=[B*R, S], ...)``, is ``forward``: logits [B*R, S, V].
+    """
     config: PegasusXConfig
     params: dict
     backend: str = "numpy"
@@ -67,11 +77,12 @@ class PegasusX:
 
     @property
     def xp(self):
+        """The array module of the parameters: numpy or cupy."""
         return B_.get_backend(self.backend)
 
     @property
     def lm_head_weight(self):
-        """The LM head; tied to the token embeddings unless the checkpoint unties them."""
+        """The LM head [V, M]; tied to the token embeddings unless the checkpoint unties them."""
         return self.params.get("lm_head", self.params["model"]["shared"])["weight"]  # [V, M]
 
     def __call__(self, *args, **inputs) -> Seq2SeqLMOutput:
@@ -80,7 +91,9 @@ class PegasusX:
 
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=False,
                output_hidden_states=False, trace=None) -> EncoderOutput:
-        """Run the encoder alone (what generation does once per input)."""
+        """Run the encoder alone (what generation does once per input): input_ids and attention_mask [B, T]
+        (or inputs_embeds [B, T, M]) -> EncoderOutput, last_hidden_state [B, T, M]. Pass it back as
+        ``encoder_outputs=`` to decode without re-encoding."""
         input_ids, attention_mask, inputs_embeds = check_encoder_inputs(self, input_ids, attention_mask,
                                                                         inputs_embeds)
         return run_encoder(self, input_ids, attention_mask, inputs_embeds, as_flag("output_attentions",
@@ -123,7 +136,8 @@ def check_call_names(args, inputs):
 
 
 def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
-    """Decoder inputs from labels: start token, then labels[:-1]; -100 (ignored) becomes pad."""
+    """Decoder inputs from labels: start token, then ``labels[:, :-1]``; -100 (ignored) becomes pad.
+    labels [B, S] -> [B, S]."""
     xp = B_.array_module(labels)
     shifted = xp.empty_like(labels)
     shifted[:, 1:] = labels[:, :-1]
@@ -132,7 +146,8 @@ def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
 
 
 def cross_entropy(logits, labels):
-    """Mean token cross-entropy over labels != -100 (torch.nn.CrossEntropyLoss's default)."""
+    """Mean token cross-entropy over labels != -100 (torch.nn.CrossEntropyLoss's default).
+    logits [B, S, V], labels [B, S] -> a scalar."""
     xp = B_.array_module(logits)
     logits = logits.astype("float32")
     valid = labels != -100
@@ -149,7 +164,11 @@ def forward(model, input_ids=None, attention_mask=None, decoder_input_ids=None, 
             labels=None, use_cache=None, output_attentions=False, output_hidden_states=False,
             trace=None) -> Seq2SeqLMOutput:
     """PegasusXForConditionalGeneration.forward, same arguments and outputs (see Seq2SeqLMOutput).
-    Every argument is checked (inputs.py) before the encoder runs."""
+    Every argument is checked (inputs.py) before the encoder runs.
+
+    input_ids / attention_mask [B, T] (or inputs_embeds [B, T, M]); decoder_input_ids [B*R, S] (R rows per
+    input share its encoder output); labels [B, S]; returns logits [B*R, S, V] and, with use_cache, the
+    cache: per decoder layer (self_k, self_v [B*R, H, P+S, D], cross_k, cross_v [B, H, T, D])."""
     cfg = model.config
     output_attentions = as_flag("output_attentions", output_attentions)
     output_hidden_states = as_flag("output_hidden_states", output_hidden_states)

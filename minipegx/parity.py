@@ -51,10 +51,12 @@ class ParityReport:
 
     @property
     def max_abs_err(self) -> float:
+        """The largest max|mine - ref| over every row."""
         return max((r.max_abs_err for r in self.rows), default=0.0)
 
     @property
     def ok(self) -> bool:
+        """True when no intermediate is beyond the tolerance."""
         return self.first_divergence is None
 
     def __str__(self):

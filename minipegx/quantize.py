@@ -20,8 +20,9 @@ precision too: the output layer's errors move the logits directly, and a row loo
 a matmul kernel. They stay in the compute dtype (so dtype="bfloat16" with quantize="nf4" halves them).
 
 Saved form (written by `minipegx.checkpoint.save_quantized`): model.safetensors with, for each quantized
-weight `<name>`, the tensors `<name>.qweight` (int8 [O, I] or packed uint8 [n/2]) and `<name>.scale` (float32 [O]) or `<name>.absmax`
-(float32 [n/64]); quantization_config.json says the mode. `from_pretrained` recognises such a directory.
+weight `<name>`, the tensors `<name>.qweight` (int8 [O, I] or packed uint8 [n/2]) and `<name>.scale`
+(float32 [O]) or `<name>.absmax` (float32 [n/64]); quantization_config.json says the mode.
+`from_pretrained` recognises such a directory.
 This module holds the formats only (no file I/O).
 Shape legend: O output features, I input features.
 """
@@ -57,25 +58,30 @@ class Int8Weight:
 
     @property
     def shape(self):
+        """The weight's shape [O, I]."""
         return tuple(self.q.shape)
 
     @property
     def nbytes(self):
+        """Bytes held: q [O, I] and scale [O]."""
         return int(self.q.nbytes + self.scale.nbytes)
 
     def dequantize(self, dtype=np.float32):
+        """The float weight [O, I]."""
         return (self.q.astype(np.float32) * self.scale[:, None]).astype(dtype, copy=False)   # [O, I]
 
     def tensors(self):
+        """The arrays a saved folder stores: qweight [O, I] int8, scale [O] float32."""
         return {"qweight": self.q, "scale": self.scale}
 
     def to_device(self, xp):
+        """The same container with its arrays [O, I] and [O] on xp's device."""
         return Int8Weight(to_device(self.q, xp), to_device(self.scale, xp))
 
 
 @dataclass
 class NF4Weight:
-    """W ~= NF4_CODE[index] * absmax[block], 64 consecutive values (of the flattened W) per block."""
+    """W [O, I] ~= ``NF4_CODE[index] * absmax[block]``, 64 consecutive values (of the flattened W) per block."""
     packed: object     # [n_padded / 2] uint8: two code indices per byte, the first in the high nibble
     absmax: object     # [n_padded / 64] float32
     shape: tuple       # the weight's own shape, [O, I]
@@ -83,14 +89,16 @@ class NF4Weight:
 
     @property
     def nbytes(self):
+        """Bytes held: packed [O*I/2] and absmax [O*I/64]."""
         return int(self.packed.nbytes + self.absmax.nbytes)
 
     def indices(self):
-        """The code index of every (padded) value: [n_padded] uint8 in [0, 16)."""
+        """The code index of every (padded) value: [O*I + padding] uint8 in [0, 16)."""
         xp = array_module(self.packed)
         return xp.stack([self.packed >> 4, self.packed & 0x0F], axis=-1).reshape(-1)
 
     def dequantize(self, dtype=np.float32):
+        """The float weight [O, I]."""
         xp = array_module(self.packed)
         # One gather per byte: _NF4_PAIRS[byte] is the byte's two values (~3x faster than per nibble).
         blocks = xp.take(xp.asarray(_NF4_PAIRS), self.packed, axis=0).reshape(-1, self.block_size)  # [n_blocks, 64]
@@ -99,9 +107,11 @@ class NF4Weight:
         return blocks.reshape(-1)[:n].reshape(self.shape).astype(dtype, copy=False)
 
     def tensors(self):
+        """The arrays a saved folder stores: qweight [O*I/2] uint8, absmax [O*I/64] float32."""
         return {"qweight": self.packed, "absmax": self.absmax}
 
     def to_device(self, xp):
+        """The same container with its arrays [O*I/2] and [O*I/64] on xp's device."""
         return NF4Weight(to_device(self.packed, xp), to_device(self.absmax, xp), self.shape, self.block_size)
 
 
@@ -109,17 +119,18 @@ QUANTIZED = (Int8Weight, NF4Weight)
 
 
 def is_quantized(w) -> bool:
+    """True for an Int8Weight or NF4Weight container."""
     return isinstance(w, QUANTIZED)
 
 
 def dequantize(w, dtype=np.float32):
-    """A float array from a quantized container (a plain array passes through, cast to dtype)."""
+    """A float array [O, I] from a quantized container (a plain array passes through, cast to dtype)."""
     return w.dequantize(dtype) if is_quantized(w) else w.astype(dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------- quantizers
 def quantize_int8(w) -> Int8Weight:
-    """Symmetric int8 with one scale per output channel (row): scale = absmax / 127."""
+    """Symmetric int8 with one scale per output channel (row): w [O, I] -> q [O, I], scale = absmax / 127 [O]."""
     w = to_numpy(w).astype(np.float32)                                  # [O, I]
     absmax = np.abs(w).max(axis=1)                                      # [O]
     scale = (absmax / 127.0).astype(np.float32)
@@ -129,7 +140,8 @@ def quantize_int8(w) -> Int8Weight:
 
 
 def quantize_nf4(w, block_size=NF4_BLOCK) -> NF4Weight:
-    """bitsandbytes-style NF4: absmax per block of `block_size` consecutive values, nearest code."""
+    """bitsandbytes-style NF4: absmax per block of `block_size` consecutive values, nearest code.
+    w [O, I] -> packed [O*I/2] uint8 (padded to whole blocks), absmax [O*I/64]."""
     w = to_numpy(w).astype(np.float32)
     flat = w.reshape(-1)
     pad = (-flat.size) % block_size
@@ -147,6 +159,7 @@ QUANTIZERS = {"int8": quantize_int8, "nf4": quantize_nf4}
 
 
 def check_mode(mode):
+    """The mode, if it is 'int8' or 'nf4'; ConfigError otherwise."""
     if mode not in MODES:
         raise ConfigError(f"unknown quantize={mode!r}: choose None (no quantization), 'int8' or 'nf4'")
     return mode
@@ -166,7 +179,7 @@ def linear_weight_names(params):
 
 
 def quantize_params(params, mode):
-    """A copy of the params tree with every linear weight quantized (embeddings, LM head, norms, biases
+    """A copy of the params tree with every linear weight [O, I] quantized (embeddings, LM head, norms, biases
     unchanged). The tree is copied dict by dict, so the caller's tree is left as it was."""
     check_mode(mode)
     params = _copy_tree(params)

@@ -48,7 +48,8 @@ from .limits import as_path
 
 class Encoding(dict):
     """What ``Tokenizer.__call__`` returns: a dict with ``input_ids`` and ``attention_mask``
-    (also readable as attributes, like transformers' BatchEncoding)."""
+    (also readable as attributes, like transformers' BatchEncoding): lists of B lists of ids, or
+    int64 arrays [B, T] with return_tensors="np"."""
 
     def __getattr__(self, name):
         try:
@@ -62,6 +63,8 @@ class Tokenizer:
 
     ``Tokenizer(spiece_model_path, model_max_length=None)`` or ``Tokenizer.from_pretrained(dir)``.
     ``model_max_length`` is the limit that ``truncation=True`` uses when no ``max_length`` is given.
+    Texts in, ids out: ``tok(texts, padding=True, return_tensors="np")`` gives input_ids and
+    attention_mask [B, T]; ``decode`` takes ids [S] back to text.
     """
 
     def __init__(self, spiece_model_path, model_max_length: int | None = None, *,
@@ -126,7 +129,7 @@ class Tokenizer:
                 f"model_max_length={self.model_max_length})")
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
-        """One id -> its token string; a list of ids -> a list of token strings."""
+        """One id -> its token string; ids [S] (a list or an array) -> a list of S token strings."""
         if _is_int(ids):
             return self._id_to_token(self._check_ids([ids])[0])
         ids = self._check_ids(ids)
@@ -155,7 +158,7 @@ class Tokenizer:
 
     def encode(self, text, truncation=None, max_length: int | None = None,
                padding=False) -> list[int]:
-        """Ids of one text, </s> appended (a plain list, like transformers' encode)."""
+        """Ids of one text, </s> appended: a plain list [T], like transformers' encode."""
         if not isinstance(text, (str, bytes, bytearray)):
             raise TokenizerError(f"encode takes one text (str or UTF-8 bytes), not {type(text).__name__}; "
                                  f"for a batch call the tokenizer itself: tok(texts)")
@@ -295,7 +298,7 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = False,
                clean_up_tokenization_spaces: bool | None = None) -> str:
-        """Text of one sequence of ids (a list, a 1-D array, or one int), as transformers decodes it."""
+        """Text of one sequence of ids [S] (a list, a 1-D array, or one int), as transformers decodes it."""
         if _is_int(ids):
             ids = [ids]
         tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
