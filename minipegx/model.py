@@ -86,6 +86,8 @@ class PegasusX:
         return self.params.get("lm_head", self.params["model"]["shared"])["weight"]  # [V, M]
 
     def __call__(self, *args, **inputs) -> Seq2SeqLMOutput:
+        """``forward(self, ...)``: input_ids [B, T], decoder_input_ids [B*R, S], ... -> logits [B*R, S, V]
+        (the arguments are in the table below; unknown names are refused with a "did you mean")."""
         check_call_names(args, inputs)
         return forward(self, *args, **inputs)
 

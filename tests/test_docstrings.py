@@ -3,7 +3,7 @@ one that takes or returns arrays states their shapes in the legend's letters.
 
 mkdocstrings leaves out an object without a docstring, so a missing one is a hole in the reference,
 not a blank entry. The names are read from the page's ``::: name`` lines: a module there stands for
-its public functions and classes, a class for its public methods and properties as well. A shape is
+its public functions and classes, a class for its public methods and properties (and __call__) as well. A shape is
 written as in the code's comments, ``[B, T, M]``; NAMES_WITHOUT_ARRAYS lists, with the reason, the
 names in the array modules that take and return no array.
 """
@@ -82,7 +82,7 @@ def documented() -> list[str]:
         out.append(name)
         obj = resolve(name)
         if inspect.isclass(obj) and not issubclass(obj, BaseException):
-            out += [f"{name}.{k}" for k, v in vars(obj).items() if not k.startswith("_")
+            out += [f"{name}.{k}" for k, v in vars(obj).items() if (not k.startswith("_") or k == "__call__")
                     and (inspect.isfunction(v) or isinstance(v, (property, classmethod, staticmethod)))]
     return out
 
