@@ -34,6 +34,12 @@ FLOAT_FIELDS = ("encoder_layerdrop", "decoder_layerdrop", "dropout", "attention_
 
 @dataclass(frozen=True)
 class PegasusXConfig:
+    """transformers' PegasusXConfig, field for field (vocab_size V, d_model M, encoder_layers,
+    encoder_attention_heads H, encoder_ffn_dim F, the decoder's three, block_size K, num_global_tokens G,
+    stagger_local_blocks, activation_function, scale_embedding, max_position_embeddings, the special token
+    ids, tie_word_embeddings, the dropouts, ...), frozen; unknown config.json keys are kept in ``extra``.
+    The defaults are the class's (gelu, 32 global tokens), which real checkpoints override (relu, 128):
+    always load config.json. Validation happens on construction and raises ConfigError naming the field."""
     vocab_size: int = 96103
     max_position_embeddings: int = 16384
     encoder_layers: int = 16

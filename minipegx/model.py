@@ -44,8 +44,11 @@ class EncoderOutput:
 
 @dataclass
 class Seq2SeqLMOutput:
-    """transformers' Seq2SeqLMOutput, field for field. past_key_values holds, per decoder layer,
-    (self_k, self_v, cross_k, cross_v): self [B*R, H, S, D], cross [B, H, T, D] (shared by rows)."""
+    """transformers' Seq2SeqLMOutput, field for field: loss; logits [B*R, S, V]; past_key_values, per decoder
+    layer (self_k, self_v, cross_k, cross_v): self [B*R, H, P+S, D], cross [B, H, T, D] (shared by the rows
+    of an input); decoder_hidden_states (embeddings and each layer's input, the last entry the final layer
+    norm's output, [B*R, S, M]); decoder_attentions [B*R, H, S, P+S]; cross_attentions [B*R, H, S, T];
+    encoder_last_hidden_state [B, T, M], encoder_hidden_states, encoder_attentions (as in EncoderOutput)."""
     loss: object = None
     logits: object = None
     past_key_values: tuple | None = None

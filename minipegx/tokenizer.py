@@ -298,7 +298,7 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = False,
                clean_up_tokenization_spaces: bool | None = None) -> str:
-        """Text of one sequence of ids [S] (a list, a 1-D array, or one int), as transformers decodes it."""
+        """Text of one sequence of ids (a list, a 1-D array, or one int), as transformers decodes it."""
         if _is_int(ids):
             ids = [ids]
         tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)

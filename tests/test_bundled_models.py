@@ -16,6 +16,7 @@ import re
 import warnings
 
 import pytest
+import transformers
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -24,8 +25,6 @@ import minipegx
 from minipegx.checkpoint.tokenizer_files import backend_tokenizer
 from minipegx.errors import MiniPegxWarning
 from minipegx.model import DEMO_VARIANTS
-
-transformers = pytest.importorskip("transformers")
 
 HARD = [
     "   leading, inner   runs\t\tof tabs\n\nand newlines, trailing   ",

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("mkdocs")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

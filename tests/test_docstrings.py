@@ -34,6 +34,7 @@ NAMES_WITHOUT_ARRAYS = {
     "minipegx.tokenizer.Tokenizer.from_pretrained": "reads a folder",
     "minipegx.tokenizer.Tokenizer.tokenize": "text to token strings",
     "minipegx.tokenizer.Tokenizer.convert_tokens_to_ids": "token strings to ints",
+    "minipegx.tokenizer.Tokenizer.decode": "the class docstring states it: ids [S] to text",
     "minipegx.quantize.check_mode": "checks a mode name",
     "minipegx.quantize.quantization_mode": "names the mode of a params tree",
     "minipegx.quantize.weight_bytes": "counts bytes",
@@ -123,7 +124,10 @@ def test_the_api_page_pulls_in_the_public_names():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_documented_name_has_a_docstring(name):
-    assert docstring(name).strip(), f"{name} has no docstring: the API reference leaves it out"
+    doc = docstring(name).strip()
+    assert doc, f"{name} has no docstring: the API reference leaves it out"
+    short = name.rsplit(".", 1)[1]
+    assert not doc.startswith(f"{short}("), f"{name}'s docstring is the signature @dataclass writes: say what it is"
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n.startswith(ARRAY_MODULES) and n not in NAMES_WITHOUT_ARRAYS])

@@ -182,3 +182,17 @@ def test_a_file_in_the_way_is_a_clear_error(changed, tmp_path):
 def test_tokenizer_argument_must_be_a_minipegx_tokenizer(changed, tmp_path):
     with pytest.raises(CheckpointError, match="minipegx Tokenizer"):
         changed.save_pretrained(tmp_path, tokenizer="spiece.model")
+
+
+def test_the_normalizer_map_read_from_spiece_model_is_what_protobuf_reads():
+    """tokenizer.json's Precompiled normalizer gets spiece.model's character map from a small wire-format
+    reader (no protobuf dependency); protobuf's own parser is the reference."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    from minipegx.checkpoint.tokenizer_files import precompiled_charsmap
+
+    path = os.path.join(minipegx.demo_model_path("short"), "spiece.model")
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    assert precompiled_charsmap(path) == proto.normalizer_spec.precompiled_charsmap != b""
