@@ -40,18 +40,18 @@ def attended_length(T: int, K: int, staggered: bool) -> int:
 
 
 def block_of(positions, K: int, staggered: bool):
-    """The block index of each token position in a layer's layout (same shape as positions)."""
+    """The block index of each token position in a layer's layout: positions [T] (any shape) -> [T] ints."""
     return (np.asarray(positions) + stagger_shift(K, staggered)) // K
 
 
 def query_positions(blocks, K: int, staggered: bool):
-    """Token position of each query slot of the given blocks -> [len(blocks), K] (outside [0, T): padding)."""
+    """Token position of each query slot of the given blocks [N'] -> [N', K] (outside [0, T): padding)."""
     n = np.asarray(blocks)[:, None]                                  # [N', 1]
     return n * K + np.arange(K) - stagger_shift(K, staggered)        # [N', K]
 
 
 def key_positions(blocks, K: int, G: int, staggered: bool):
-    """Which keys each slot of a block sees -> [len(blocks), G+K]: the G global tokens (slots j < G, as
+    """Which keys each slot of blocks [N'] sees -> [N', G+K]: the G global tokens (slots j < G, as
     -G..-1), then the block's own K token positions (outside [0, T): padding, never attended)."""
     n = np.asarray(blocks)[:, None]                                  # [N', 1]
     j = np.arange(G + K)                                             # [G+K] key slot

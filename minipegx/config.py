@@ -34,6 +34,12 @@ FLOAT_FIELDS = ("encoder_layerdrop", "decoder_layerdrop", "dropout", "attention_
 
 @dataclass(frozen=True)
 class PegasusXConfig:
+    """transformers' PegasusXConfig, field for field (vocab_size V, d_model M, encoder_layers,
+    encoder_attention_heads H, encoder_ffn_dim F, the decoder's three, block_size K, num_global_tokens G,
+    stagger_local_blocks, activation_function, scale_embedding, max_position_embeddings, the special token
+    ids, tie_word_embeddings, the dropouts, ...), frozen; unknown config.json keys are kept in ``extra``.
+    The defaults are the class's (gelu, 32 global tokens), which real checkpoints override (relu, 128):
+    always load config.json. Validation happens on construction and raises ConfigError naming the field."""
     vocab_size: int = 96103
     max_position_embeddings: int = 16384
     encoder_layers: int = 16
@@ -128,10 +134,12 @@ class PegasusXConfig:
     # ------------------------------------------------------------------ derived sizes
     @property
     def encoder_head_dim(self) -> int:
+        """D of the encoder: d_model / encoder_attention_heads."""
         return self.d_model // self.encoder_attention_heads
 
     @property
     def decoder_head_dim(self) -> int:
+        """D of the decoder: d_model / decoder_attention_heads."""
         return self.d_model // self.decoder_attention_heads
 
     def is_staggered(self, layer: int) -> bool:
@@ -141,6 +149,7 @@ class PegasusXConfig:
     # ------------------------------------------------------------------ reading and writing
     @classmethod
     def from_dict(cls, d: dict) -> "PegasusXConfig":
+        """A validated config from config.json's dict; keys that are no field are kept in ``extra``."""
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
@@ -152,6 +161,7 @@ class PegasusXConfig:
 
     @classmethod
     def from_json_file(cls, path) -> "PegasusXConfig":
+        """From config.json, or a checkpoint directory holding it."""
         path = limits.as_path(path, ConfigError)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
@@ -165,8 +175,10 @@ class PegasusXConfig:
             raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict:
+        """config.json's dict: every field, and the ``extra`` keys it was read with."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         return {**self.extra, **d}
 
     def replace(self, **changes) -> "PegasusXConfig":
+        """A validated copy with some fields changed, e.g. ``replace(block_size=T, stagger_local_blocks=False)``."""
         return dataclasses.replace(self, **changes)

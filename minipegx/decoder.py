@@ -53,6 +53,7 @@ class StaticCache:
 
     @classmethod
     def empty(cls, rows, heads, steps, head_dim, dtype, xp):
+        """Zeroed keys and values [B, H, Smax, D] (B = rows, Smax = steps), nothing filled yet."""
         shape = (rows, heads, steps, head_dim)                    # [B, H, Smax, D]
         return cls(xp.zeros(shape, dtype), xp.zeros(shape, dtype), 0)
 
@@ -68,7 +69,8 @@ class StaticCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def reorder(self, index):
-        """Row i becomes old row index[i], over the filled steps, in place (beams follow their parents)."""
+        """Row i becomes old row index[i], over the filled steps, in place (beams follow their parents).
+        index: [B] ints."""
         self.k[:, :, :self.length] = self.k[index, :, :self.length]
         self.v[:, :, :self.length] = self.v[index, :, :self.length]
         return self
@@ -135,7 +137,8 @@ def unstack_rows(probs, rows):
 
 
 def decoder_layer(x, p, config, self_mask, kv, cross_mask, cache=None, trace=None, name=""):
-    """Pre-LayerNorm decoder layer: causal self-attention, cross-attention, FFN, each with a residual."""
+    """Pre-LayerNorm decoder layer: causal self-attention, cross-attention, FFN, each with a residual.
+    x [B, S, M] -> [B, S, M]; kv the cross keys/values [B, H, T, D]; self_mask [B or 1, 1, S, past+S]."""
     H = config.decoder_attention_heads
     h = layer_norm(x, p["self_attn_layer_norm"])
     h, self_probs, cache = self_attention(h, p["self_attn"], H, self_mask, cache)

@@ -86,7 +86,8 @@ def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentio
 
 def stagger(x, mask, block_size):
     """Shift blocks by half a block: pad K/2 tokens (masked) on both sides, so the padded sequence has
-    one block more and every block straddles two of the unstaggered ones (pad_local_tokens)."""
+    one block more and every block straddles two of the unstaggered ones (pad_local_tokens).
+    x [B, P, M] -> [B, P+K, M]; mask [B, P] -> [B, P+K] (K = block_size)."""
     xp = array_module(x)
     h = stagger_shift(block_size, staggered=True)                             # K/2
     x = xp.pad(x, ((0, 0), (h, h), (0, 0)))                                   # [B, P+K, M]

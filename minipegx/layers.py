@@ -45,7 +45,8 @@ def linear(x, w, b=None):
 
 @float32_inside(rounds_to=lambda x, p, eps=None: p["weight"].dtype)
 def layer_norm(x, p, eps=LAYER_NORM_EPS):
-    """LayerNorm over the last dim with biased variance (torch's), eps 1e-5. p = {"weight", "bias"}.
+    """LayerNorm over the last dim with biased variance (torch's), eps 1e-5. p = {"weight", "bias"} [M].
+    x [..., M] -> [..., M].
 
     Under float16/bfloat16 the statistics are computed in float32 (squares of |x| > 256 overflow fp16)
     and the output rounded to the weights' dtype (the residual stream x may be float32, precision.py)."""
@@ -60,6 +61,7 @@ def layer_norm(x, p, eps=LAYER_NORM_EPS):
 
 def erf(x):
     """erf for NumPy (which has none) and CuPy alike: Abramowitz & Stegun 7.1.26, |error| < 1.5e-7.
+    Elementwise, any shape: in exact GELU, h [..., F] -> [..., F].
 
     That is below float32's resolution for GELU's outputs, so exact-GELU parity holds at fp32 tolerance."""
     xp = array_module(x)
@@ -97,7 +99,7 @@ ACTIVATIONS = {
 
 @float32_inside(rounds_to=lambda h, act: h.dtype)
 def activation(h, act):
-    """ACT2FN[act](h), float32 inside under float16/bfloat16. relu works in place: h is the FFN's own
+    """``ACT2FN[act](h)``, float32 inside under float16/bfloat16. relu works in place: h is the FFN's own
     [..., F] array, and a second one (200 MB at 16k tokens) costs more to allocate than the relu itself."""
     if act == "relu":
         return array_module(h).maximum(h, 0, out=h)
@@ -112,13 +114,15 @@ def ffn(x, p, act):
 
 
 def embed_tokens(ids, table, scale):
-    """Token embedding times sqrt(d_model) when config.scale_embedding (PegasusXScaledWordEmbedding)."""
+    """Token embedding times sqrt(d_model) when config.scale_embedding (PegasusXScaledWordEmbedding).
+    ids [B, T], table [V, M] -> [B, T, M]."""
     return round_to(table[ids] * scale, table.dtype)  # [B, T] -> [B, T, M] (bf16 * float is float32)
 
 
 def sinusoidal_positions(start, length, dim, xp, dtype="float32"):
     """PEGASUS-X's sinusoid: sin in the first half of the features, cos in the second, with frequency
     exp(-ln(10000) * i / (dim/2 - 1)) -- note dim/2 - 1, not dim/2 (PegasusXSinusoidalPositionalEmbedding).
+    Positions start .. start+length-1 -> [T, M] (T = length, M = dim).
 
     Computed in float32 like the reference: at position 16k a float64 argument would differ from
     the reference's float32 one by ~1e-3 after rounding, far beyond parity tolerance."""
@@ -136,7 +140,7 @@ def sinusoidal_positions(start, length, dim, xp, dtype="float32"):
 
 @float32_inside(rounds_to=lambda s: s.dtype)
 def softmax(s):
-    """Softmax over the last axis, in place on s (saves one score-sized buffer).
+    """Softmax over the last axis, in place on s (saves one score-sized buffer): s [..., C] -> [..., C].
     float16/bfloat16 scores: exponentials and sums in float32, probabilities rounded back."""
     xp = array_module(s)
     s -= s.max(axis=-1, keepdims=True)
@@ -158,7 +162,7 @@ def merge_heads(x):
 
 
 def additive_mask(attention_mask, dtype, xp):
-    """1/0 keep-mask -> additive mask: 0 where kept, finfo(dtype).min where masked (the reference's
+    """1/0 keep-mask [B, T] -> additive mask [B, T]: 0 where kept, finfo(dtype).min where masked (the reference's
     `(1 - mask).masked_fill(..., finfo.min)`: anything other than exactly 1 counts as masked)."""
     keep = xp.asarray(attention_mask) == 1
     return xp.where(keep, 0.0, finfo(dtype).min).astype(dtype)

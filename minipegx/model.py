@@ -32,7 +32,10 @@ from .layers import linear, record
 
 @dataclass
 class EncoderOutput:
-    """transformers' BaseModelOutput: last_hidden_state [B, T, M], hidden_states, attentions."""
+    """transformers' BaseModelOutput: last_hidden_state [B, T, M] (after the final layer norm);
+    hidden_states: each layer's padded input [B, P, M], then the pair (tokens [B, T, M], global tokens
+    [B, G, M]); attentions: per layer {"local": [B, H, N, K, G+K], "global": [B, H, G, G+P]} (N + 1
+    blocks and P + K positions in a staggered layer). Indexable like a tuple."""
     last_hidden_state: object
     hidden_states: tuple | None = None
     attentions: tuple | None = None
@@ -43,8 +46,11 @@ class EncoderOutput:
 
 @dataclass
 class Seq2SeqLMOutput:
-    """transformers' Seq2SeqLMOutput, field for field. past_key_values holds, per decoder layer,
-    (self_k, self_v, cross_k, cross_v): self [B*R, H, S, D], cross [B, H, T, D] (shared by rows)."""
+    """transformers' Seq2SeqLMOutput, field for field: loss; logits [B*R, S, V]; past_key_values, per decoder
+    layer (self_k, self_v, cross_k, cross_v): self [B*R, H, P+S, D], cross [B, H, T, D] (shared by the rows
+    of an input); decoder_hidden_states (embeddings and each layer's input, the last entry the final layer
+    norm's output, [B*R, S, M]); decoder_attentions [B*R, H, S, P+S]; cross_attentions [B*R, H, S, T];
+    encoder_last_hidden_state [B, T, M], encoder_hidden_states, encoder_attentions (as in EncoderOutput)."""
     loss: object = None
     logits: object = None
     past_key_values: tuple | None = None
@@ -58,7 +64,14 @@ class Seq2SeqLMOutput:
 
 @dataclass
 class PegasusX:
-    """A loaded PEGASUS-X: config, parameters on the chosen backend, and generation defaults."""
+    """A loaded PEGASUS-X: config, parameters on the chosen backend, and generation defaults.
+
+    Fields: config (a PegasusXConfig), params (the parameter tree with the checkpoint's names, e.g.
+    ``params["model"]["shared"]["weight"]`` [V, M]), backend ('numpy' | 'cupy'), dtype (the compute
+    dtype), generation_config (generation_config.json's dict), path (the folder it was loaded from),
+    check_finite (inf/NaN check after every layer; None: on under float16/bfloat16). Calling the model,
+    ``model(input_ids=[B, T], decoder_input_ids=[B*R, S], ...)``, is ``forward``: logits [B*R, S, V].
+    """
     config: PegasusXConfig
     params: dict
     backend: str = "numpy"
@@ -69,20 +82,25 @@ class PegasusX:
 
     @property
     def xp(self):
+        """The array module of the parameters: numpy or cupy."""
         return B_.get_backend(self.backend)
 
     @property
     def lm_head_weight(self):
-        """The LM head; tied to the token embeddings unless the checkpoint unties them."""
+        """The LM head [V, M]; tied to the token embeddings unless the checkpoint unties them."""
         return self.params.get("lm_head", self.params["model"]["shared"])["weight"]  # [V, M]
 
     def __call__(self, *args, **inputs) -> Seq2SeqLMOutput:
+        """``forward(self, ...)``: input_ids [B, T], decoder_input_ids [B*R, S], ... -> logits [B*R, S, V]
+        (the arguments are in the table below; unknown names are refused with a "did you mean")."""
         check_call_names(args, inputs)
         return forward(self, *args, **inputs)
 
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=False,
                output_hidden_states=False, trace=None) -> EncoderOutput:
-        """Run the encoder alone (what generation does once per input)."""
+        """Run the encoder alone (what generation does once per input): input_ids and attention_mask [B, T]
+        (or inputs_embeds [B, T, M]) -> EncoderOutput, last_hidden_state [B, T, M]. Pass it back as
+        ``encoder_outputs=`` to decode without re-encoding."""
         input_ids, attention_mask, inputs_embeds = check_encoder_inputs(self, input_ids, attention_mask,
                                                                         inputs_embeds)
         return run_encoder(self, input_ids, attention_mask, inputs_embeds, as_flag("output_attentions",
@@ -91,6 +109,20 @@ class PegasusX:
     def generate(self, input_ids, attention_mask=None, **options):
         """Generated ids [B * num_return_sequences, S], starting with the decoder start token."""
         return generate(self, input_ids, attention_mask=attention_mask, **options)
+
+    def save_pretrained(self, directory, tokenizer=None, *, quantized: str | None = None,
+                        overwrite: bool = False) -> str:
+        """Write the folder transformers writes (config.json, generation_config.json, model.safetensors
+        under transformers' names, and the tokenizer's files, tokenizer.json included), which
+        minipegx.from_pretrained and transformers' from_pretrained both load. Returns the directory.
+
+        tokenizer: a minipegx Tokenizer to save along; None takes the tokenizer of the folder the model was
+        loaded from. quantized: a quantized model must say "dequantize" (float32, transformers loads it) or
+        "packed" (minipegx's int8/NF4 format). overwrite=True allows the folder the model was loaded from.
+        The rules: minipegx.checkpoint.writer."""
+        from .checkpoint import save_model
+
+        return save_model(self, directory, tokenizer, quantized=quantized, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -111,7 +143,8 @@ def check_call_names(args, inputs):
 
 
 def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
-    """Decoder inputs from labels: start token, then labels[:-1]; -100 (ignored) becomes pad."""
+    """Decoder inputs from labels: start token, then ``labels[:, :-1]``; -100 (ignored) becomes pad.
+    labels [B, S] -> [B, S]."""
     xp = B_.array_module(labels)
     shifted = xp.empty_like(labels)
     shifted[:, 1:] = labels[:, :-1]
@@ -120,7 +153,8 @@ def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
 
 
 def cross_entropy(logits, labels):
-    """Mean token cross-entropy over labels != -100 (torch.nn.CrossEntropyLoss's default)."""
+    """Mean token cross-entropy over labels != -100 (torch.nn.CrossEntropyLoss's default).
+    logits [B, S, V], labels [B, S] -> a scalar."""
     xp = B_.array_module(logits)
     logits = logits.astype("float32")
     valid = labels != -100
@@ -137,7 +171,11 @@ def forward(model, input_ids=None, attention_mask=None, decoder_input_ids=None, 
             labels=None, use_cache=None, output_attentions=False, output_hidden_states=False,
             trace=None) -> Seq2SeqLMOutput:
     """PegasusXForConditionalGeneration.forward, same arguments and outputs (see Seq2SeqLMOutput).
-    Every argument is checked (inputs.py) before the encoder runs."""
+    Every argument is checked (inputs.py) before the encoder runs.
+
+    input_ids / attention_mask [B, T] (or inputs_embeds [B, T, M]); decoder_input_ids [B*R, S] (R rows per
+    input share its encoder output); labels [B, S]; returns logits [B*R, S, V] and, with use_cache, the
+    cache: per decoder layer (self_k, self_v [B*R, H, P+S, D], cross_k, cross_v [B, H, T, D])."""
     cfg = model.config
     output_attentions = as_flag("output_attentions", output_attentions)
     output_hidden_states = as_flag("output_hidden_states", output_hidden_states)
@@ -236,7 +274,8 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
 
     path=None loads the bundled default demo model, demo_model_path("long"). dtype: 'float32' | 'float16' |
     'bfloat16', the compute dtype (docs/precision.md). quantize: None | 'int8' | 'nf4', weight-only
-    quantization of every linear layer (quantize.py); a directory written by quantize.save_quantized loads quantized as saved."""
+    quantization of every linear layer (quantize.py); a directory written by checkpoint.save_quantized
+    (or save_pretrained(dir, quantized="packed")) loads quantized as saved."""
     from .checkpoint import load_params
     from .checkpoint.names import require_float
     from .tree import flatten_params, unflatten_params
@@ -253,10 +292,11 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     compute = B_.resolve_dtype(dtype, xp)
     config = PegasusXConfig.from_json_file(path)
     from .precision import assert_weights_fit
-    from .quantize import check_mode, is_quantized, load_quantized, quantize_params, read_quant_config
+    from .checkpoint import load_quantized, read_quant_config
+    from .quantize import check_mode, is_quantized, quantize_params
 
     saved = read_quant_config(path)
-    if saved is not None:  # written by quantize.save_quantized
+    if saved is not None:  # written by checkpoint.save_quantized
         if quantize not in (None, saved):
             from .errors import ConfigError
             raise ConfigError(f"{path} holds {saved}-quantized weights; load it with quantize=None or "

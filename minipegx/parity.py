@@ -40,6 +40,9 @@ class Row:
 
 @dataclass
 class ParityReport:
+    """What `compare` found: rows, one per intermediate in execution order (name, shape, max_abs_err,
+    ref_scale, ok); first_divergence, the first name beyond tolerance (or None); ok; max_abs_err; the
+    atol and rtol used. str(report) is a table; notebooks render it as HTML."""
     rows: list = field(default_factory=list)
     atol: float = ATOL
     rtol: float = RTOL
@@ -51,10 +54,12 @@ class ParityReport:
 
     @property
     def max_abs_err(self) -> float:
+        """The largest max|mine - ref| over every row."""
         return max((r.max_abs_err for r in self.rows), default=0.0)
 
     @property
     def ok(self) -> bool:
+        """True when no intermediate is beyond the tolerance."""
         return self.first_divergence is None
 
     def __str__(self):

@@ -20,29 +20,25 @@ biases and layer norms. bitsandbytes and transformers' integration leave embeddi
 precision too: the output layer's errors move the logits directly, and a row lookup gains nothing from
 a matmul kernel. They stay in the compute dtype (so dtype="bfloat16" with quantize="nf4" halves them).
 
-Saved form (`save_quantized`): model.safetensors with, for each quantized weight `<name>`, the tensors
-`<name>.qweight` (int8 [O, I] or packed uint8 [n/2]) and `<name>.scale` (float32 [O]) or `<name>.absmax`
-(float32 [n/64]); quantization_config.json says the mode. `from_pretrained` recognises such a directory.
+Saved form (written by `minipegx.checkpoint.save_quantized`): model.safetensors with, for each quantized
+weight `<name>`, the tensors `<name>.qweight` (int8 [O, I] or packed uint8 [n/2]) and `<name>.scale`
+(float32 [O]) or `<name>.absmax` (float32 [n/64]); quantization_config.json says the mode.
+`from_pretrained` recognises such a directory.
+This module holds the formats only (no file I/O).
 Shape legend: O output features, I input features.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 
 from .backend import array_module, to_device, to_numpy
-from .errors import CheckpointError, ConfigError
-from .limits import read_json
+from .errors import ConfigError
 
 MODES = ("int8", "nf4")
 NF4_BLOCK = 64
-QUANT_CONFIG = "quantization_config.json"
-FORMAT_VERSION = 1
 
 # bitsandbytes' NF4 code book (functional.get_4bit_type("nf4")): index 7 is the exact zero.
 NF4_CODE = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -63,10 +59,12 @@ class Int8Weight:
 
     @property
     def shape(self):
+        """The weight's shape [O, I]."""
         return tuple(self.q.shape)
 
     @property
     def nbytes(self):
+        """Bytes held: q [O, I] and scale [O]."""
         return int(self.q.nbytes + self.scale.nbytes)
 
     def dequantize(self, dtype=np.float32):
@@ -77,15 +75,17 @@ class Int8Weight:
         return self.q.astype(dtype) * self.scale.astype(dtype)[:, None]                           # [O, I]
 
     def tensors(self):
+        """The arrays a saved folder stores: qweight [O, I] int8, scale [O] float32."""
         return {"qweight": self.q, "scale": self.scale}
 
     def to_device(self, xp):
+        """The same container with its arrays [O, I] and [O] on xp's device."""
         return Int8Weight(to_device(self.q, xp), to_device(self.scale, xp))
 
 
 @dataclass
 class NF4Weight:
-    """W ~= NF4_CODE[index] * absmax[block], 64 consecutive values (of the flattened W) per block."""
+    """W [O, I] ~= ``NF4_CODE[index] * absmax[block]``, 64 consecutive values (of the flattened W) per block."""
     packed: object     # [n_padded / 2] uint8: two code indices per byte, the first in the high nibble
     absmax: object     # [n_padded / 64] float32
     shape: tuple       # the weight's own shape, [O, I]
@@ -93,10 +93,11 @@ class NF4Weight:
 
     @property
     def nbytes(self):
+        """Bytes held: packed [O*I/2] and absmax [O*I/64]."""
         return int(self.packed.nbytes + self.absmax.nbytes)
 
     def indices(self):
-        """The code index of every (padded) value: [n_padded] uint8 in [0, 16)."""
+        """The code index of every (padded) value: [O*I + padding] uint8 in [0, 16)."""
         xp = array_module(self.packed)
         return xp.stack([self.packed >> 4, self.packed & 0x0F], axis=-1).reshape(-1)
 
@@ -112,9 +113,11 @@ class NF4Weight:
         return blocks.reshape(-1)[:n].reshape(self.shape).astype(dtype, copy=False)
 
     def tensors(self):
+        """The arrays a saved folder stores: qweight [O*I/2] uint8, absmax [O*I/64] float32."""
         return {"qweight": self.packed, "absmax": self.absmax}
 
     def to_device(self, xp):
+        """The same container with its arrays [O*I/2] and [O*I/64] on xp's device."""
         return NF4Weight(to_device(self.packed, xp), to_device(self.absmax, xp), self.shape, self.block_size)
 
 
@@ -135,17 +138,18 @@ QUANTIZED = (Int8Weight, NF4Weight)
 
 
 def is_quantized(w) -> bool:
+    """True for an Int8Weight or NF4Weight container."""
     return isinstance(w, QUANTIZED)
 
 
 def dequantize(w, dtype=np.float32):
-    """A float array from a quantized container (a plain array passes through, cast to dtype)."""
+    """A float array [O, I] from a quantized container (a plain array passes through, cast to dtype)."""
     return w.dequantize(dtype) if is_quantized(w) else w.astype(dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------- quantizers
 def quantize_int8(w) -> Int8Weight:
-    """Symmetric int8 with one scale per output channel (row): scale = absmax / 127."""
+    """Symmetric int8 with one scale per output channel (row): w [O, I] -> q [O, I], scale = absmax / 127 [O]."""
     w = to_numpy(w).astype(np.float32)                                  # [O, I]
     absmax = np.abs(w).max(axis=1)                                      # [O]
     scale = (absmax / 127.0).astype(np.float32)
@@ -155,7 +159,8 @@ def quantize_int8(w) -> Int8Weight:
 
 
 def quantize_nf4(w, block_size=NF4_BLOCK) -> NF4Weight:
-    """bitsandbytes-style NF4: absmax per block of `block_size` consecutive values, nearest code."""
+    """bitsandbytes-style NF4: absmax per block of `block_size` consecutive values, nearest code.
+    w [O, I] -> packed [O*I/2] uint8 (padded to whole blocks), absmax [O*I/64]."""
     w = to_numpy(w).astype(np.float32)
     flat = w.reshape(-1)
     pad = (-flat.size) % block_size
@@ -173,6 +178,7 @@ QUANTIZERS = {"int8": quantize_int8, "nf4": quantize_nf4}
 
 
 def check_mode(mode):
+    """The mode, if it is 'int8' or 'nf4'; ConfigError otherwise."""
     if mode not in MODES:
         raise ConfigError(f"unknown quantize={mode!r}: choose None (no quantization), 'int8' or 'nf4'")
     return mode
@@ -192,7 +198,7 @@ def linear_weight_names(params):
 
 
 def quantize_params(params, mode):
-    """A copy of the params tree with every linear weight quantized (embeddings, LM head, norms, biases
+    """A copy of the params tree with every linear weight [O, I] quantized (embeddings, LM head, norms, biases
     unchanged). The tree is copied dict by dict, so the caller's tree is left as it was."""
     check_mode(mode)
     params = _copy_tree(params)
@@ -223,89 +229,9 @@ def quantization_mode(params):
     return "int8" if Int8Weight in kinds else "nf4" if NF4Weight in kinds else None
 
 
-# ---------------------------------------------------------------------------------------------- save / load
-def save_quantized(model, directory) -> str:
-    """Write a quantized model: config.json, generation_config.json, model.safetensors (packed tensors,
-    unquantized tensors in float32) and quantization_config.json; tokenizer files are copied along when
-    the model was loaded from a directory that has them. Returns the directory."""
-    from .checkpoint import save_params
-    from .tree import flatten_params
-
-    mode = quantization_mode(model.params)
-    if mode is None:
-        raise ConfigError("the model holds no quantized weights; load it with quantize='int8' or 'nf4' first "
-                          "(a float model is saved with minipegx.checkpoint.save_params)")
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    flat = {}
-    for name, v in flatten_params(model.params).items():
-        if is_quantized(v):
-            flat.update({f"{name}.{k}": a for k, a in v.tensors().items()})
-        else:
-            flat[name] = to_numpy(v).astype(np.float32)      # exact for fp16/bf16 values; any loader reads it
-    save_params(flat, directory, metadata={"quantization": mode})
-    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"model_type": "pegasus_x", **model.config.to_dict()}, f, indent=2)
-    if model.generation_config:
-        with open(os.path.join(directory, "generation_config.json"), "w", encoding="utf-8") as f:
-            json.dump(model.generation_config, f, indent=2)
-    with open(os.path.join(directory, QUANT_CONFIG), "w", encoding="utf-8") as f:
-        json.dump({"quant_method": "minipegx", "mode": mode, "block_size": NF4_BLOCK if mode == "nf4" else None,
-                   "format_version": FORMAT_VERSION,
-                   "not_quantized": "embeddings (tied LM head), global tokens, biases, layer norms"}, f, indent=2)
-    for name in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"):
-        src = os.path.join(model.path, name) if model.path else None
-        if src and os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(directory, name)):
-            shutil.copyfile(src, os.path.join(directory, name))
-    return directory
-
-
-def read_quant_config(path):
-    """The quantization mode of a directory written by save_quantized, or None for a plain checkpoint."""
-    file = os.path.join(os.fspath(path), QUANT_CONFIG)
-    if not os.path.isfile(file):
-        return None
-    qc = read_json(file, QUANT_CONFIG, CheckpointError)
-    mode = qc.get("mode")
-    if qc.get("quant_method") != "minipegx" or mode not in MODES or qc.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{file} describes {qc.get('quant_method')!r} {mode!r} version "
-                              f"{qc.get('format_version')!r}; minipegx reads its own int8/nf4 format, version "
-                              f"{FORMAT_VERSION}")
-    return mode
-
-
-def load_quantized(path, config):
-    """The params tree (NumPy arrays and containers) of a directory written by save_quantized."""
-    from .checkpoint import expected_shapes, read_state_dict
-    from .tree import unflatten_params
-
-    mode = read_quant_config(path)
-    flat = dict(read_state_dict(os.fspath(path)))
-    shapes = expected_shapes(config)
-    out, problems = {}, []
-    for name, shape in shapes.items():
-        parts = {k: flat.pop(f"{name}.{k}") for k in ("qweight", "scale", "absmax") if f"{name}.{k}" in flat}
-        if parts:
-            w = _container(mode, parts, shape)
-            if w is None:
-                problems.append(f"{name}: quantized tensors {sorted(parts)} do not fit {mode} of shape {list(shape)}")
-            out[name] = w
-        elif name in flat:
-            x = flat.pop(name)
-            if tuple(x.shape) != shape:
-                problems.append(f"{name}: expected shape {list(shape)}, found {list(x.shape)}")
-            elif not np.isfinite(x).all():
-                problems.append(f"{name} holds NaN or inf")
-            out[name] = x
-        else:
-            problems.append(f"missing {name}")
-    problems += [f"unexpected {name}" for name in flat]
-    if problems:
-        raise CheckpointError(f"{path} is not a valid {mode} checkpoint for its config.json:\n  "
-                              + "\n  ".join(problems[:10]))
-    return unflatten_params(out)
-
-
+# ---------------------------------------------------------------------------------------------- from tensors
+# The files (save_quantized, load_quantized, quantization_config.json) are in checkpoint/quantized.py; it
+# rebuilds containers from the tensors it read with this function.
 def _container(mode, parts, shape):
     n = int(np.prod(shape))
     q = parts.get("qweight")

@@ -33,31 +33,23 @@ Known differences from transformers, each on purpose:
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
 import warnings
 
 import numpy as np
-import sentencepiece as spm
 
+# The files (spiece.model, tokenizer_config.json, tokenizer.json) are read and written in checkpoint/.
+from .checkpoint.tokenizer_files import NO_LIMIT, OFFSET, SPACE, SPECIAL_TOKENS, load_spiece, read_folder
 from .errors import MiniPegxWarning, TokenizerError, TruncationWarning
-from . import limits
-from .limits import as_path, bounded_repr, read_json
-
-OFFSET = 103                                  # transformers' PegasusTokenizer(offset=103)
-PAD, EOS, MASK_SENT, MASK = "<pad>", "</s>", "<mask_1>", "<mask_2>"
-SPECIAL_TOKENS = [PAD, EOS, MASK_SENT, MASK] + [f"<unk_{i}>" for i in range(2, OFFSET)]  # ids 0..104
-SPACE = "▁"                                   # U+2581, sentencepiece's visible space
-NO_LIMIT = int(1e30)                          # transformers' "no model_max_length" sentinel
-
-_TRAIN_HINT = "train a Pegasus-layout one with `python -m tools.train_spm corpus.txt DIR/spiece`"
+from .limits import as_path
 
 
 class Encoding(dict):
     """What ``Tokenizer.__call__`` returns: a dict with ``input_ids`` and ``attention_mask``
-    (also readable as attributes, like transformers' BatchEncoding)."""
+    (also readable as attributes, like transformers' BatchEncoding): lists of B lists of ids, or
+    int64 arrays [B, T] with return_tensors="np"."""
 
     def __getattr__(self, name):
         try:
@@ -71,12 +63,14 @@ class Tokenizer:
 
     ``Tokenizer(spiece_model_path, model_max_length=None)`` or ``Tokenizer.from_pretrained(dir)``.
     ``model_max_length`` is the limit that ``truncation=True`` uses when no ``max_length`` is given.
+    Texts in, ids out: ``tok(texts, padding=True, return_tensors="np")`` gives input_ids and
+    attention_mask [B, T]; ``decode`` takes ids [S] back to text.
     """
 
     def __init__(self, spiece_model_path, model_max_length: int | None = None, *,
                  clean_up_tokenization_spaces: bool = False, _limit_source: str | None = None):
         path = as_path(spiece_model_path, TokenizerError, "spiece_model_path")
-        self.sp, self.normalizer = _load_spiece(path)
+        self.sp, self.normalizer = load_spiece(path)
         self.spiece_model_path = path
         if model_max_length is not None and model_max_length >= NO_LIMIT:
             model_max_length = None
@@ -109,28 +103,21 @@ class Tokenizer:
             return cls(path)
         if not os.path.isdir(path):
             raise TokenizerError(f"no checkpoint directory or spiece.model at {path!r}")
-        model_path = os.path.join(path, "spiece.model")
-        if not os.path.isfile(model_path):
-            only_json = os.path.isfile(os.path.join(path, "tokenizer.json"))
-            raise TokenizerError(
-                f"{path!r} has no spiece.model"
-                + (" (only tokenizer.json, as transformers 5's save_pretrained writes)" if only_json else "")
-                + f": copy spiece.model from the original checkpoint (its Hugging Face repository has one) "
-                f"or {_TRAIN_HINT}"
-            )
-        files = {name: os.path.join(path, name) for name in ("tokenizer_config.json", "special_tokens_map.json")}
-        found = {name: read_json(file, name, TokenizerError) if os.path.isfile(file) else {}  # absent: says nothing
-                 for name, file in files.items()}
-        for name, data in found.items():
-            _check_special_tokens(data, files[name])
-        config = found["tokenizer_config.json"]
-        max_len, cleanup = _options(config, path)
+        model_path, max_len, cleanup = read_folder(path)
         return cls(
             model_path,
             model_max_length=max_len,
             clean_up_tokenization_spaces=cleanup,
             _limit_source=f"model_max_length={max_len} from {path}/tokenizer_config.json",
         )
+
+    def save_pretrained(self, directory, overwrite: bool = False) -> list[str]:
+        """Write the folder transformers reads: spiece.model, tokenizer.json (AutoTokenizer and
+        PegasusTokenizerFast load it), tokenizer_config.json and special_tokens_map.json. Writing over the
+        folder this tokenizer was loaded from needs overwrite=True. Returns the paths written."""
+        from .checkpoint.writer import save_tokenizer
+
+        return save_tokenizer(self, directory, overwrite=overwrite)
 
     # ---- sizes and vocabulary ----------------------------------------------------------------
 
@@ -142,7 +129,7 @@ class Tokenizer:
                 f"model_max_length={self.model_max_length})")
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
-        """One id -> its token string; a list of ids -> a list of token strings."""
+        """One id -> its token string; ids [S] (a list or an array) -> a list of S token strings."""
         if _is_int(ids):
             return self._id_to_token(self._check_ids([ids])[0])
         ids = self._check_ids(ids)
@@ -171,7 +158,7 @@ class Tokenizer:
 
     def encode(self, text, truncation=None, max_length: int | None = None,
                padding=False) -> list[int]:
-        """Ids of one text, </s> appended (a plain list, like transformers' encode)."""
+        """Ids of one text, </s> appended: a plain list [T], like transformers' encode."""
         if not isinstance(text, (str, bytes, bytearray)):
             raise TokenizerError(f"encode takes one text (str or UTF-8 bytes), not {type(text).__name__}; "
                                  f"for a batch call the tokenizer itself: tok(texts)")
@@ -353,63 +340,6 @@ class Tokenizer:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-
-
-def _load_spiece(path: str):
-    """Load spiece.model, check it has Pegasus' layout, and build its whitespace-keeping normalizer."""
-    if not os.path.isfile(path):
-        raise TokenizerError(f"spiece.model not found at {path!r}: copy it from the checkpoint or {_TRAIN_HINT}")
-    if os.path.getsize(path) > limits.current().max_spiece_bytes:
-        raise TokenizerError(f"{path}: " + limits.over_limit("its size", os.path.getsize(path), "max_spiece_bytes"))
-    try:
-        sp = spm.SentencePieceProcessor(model_file=path)
-        # Normalization rules only: whitespace is handled as transformers does, in _encode_plain.
-        normalizer = spm.SentencePieceNormalizer(
-            model_file=path, add_dummy_prefix=False, escape_whitespaces=False, remove_extra_whitespaces=False
-        )
-    except (RuntimeError, OSError) as e:
-        raise TokenizerError(
-            f"{path!r} is not a readable sentencepiece model ({e}); the file may be truncated or not a "
-            f"spiece.model at all: download it again or {_TRAIN_HINT}"
-        ) from None
-    if not (sp.get_piece_size() > 3 and sp.is_control(0) and sp.is_control(1) and sp.unk_id() == 2):
-        first = [sp.id_to_piece(i) for i in range(min(3, sp.get_piece_size()))]
-        raise TokenizerError(
-            f"{path!r} does not have Pegasus' layout (<pad> 0, </s> 1, <unk> 2; it starts with {first}): "
-            f"the tokenizer would give wrong ids; {_TRAIN_HINT}"
-        )
-    if not sp.encode("a", out_type=str)[0].startswith(SPACE):
-        raise TokenizerError(f"{path!r} was trained with add_dummy_prefix=false, Pegasus needs true; {_TRAIN_HINT}")
-    return sp, normalizer
-
-
-def _options(config: dict, path: str) -> tuple:
-    """(model_max_length, clean_up_tokenization_spaces) from tokenizer_config.json. model_max_length: None
-    (absent, or transformers' 1e30 "no limit") or a whole number >= 1; the flag a JSON boolean."""
-    n, cleanup = config.get("model_max_length"), config.get("clean_up_tokenization_spaces", False)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or n < 1
-                          or (isinstance(n, float) and not (math.isfinite(n) and n.is_integer()))):
-        raise TokenizerError(f"{path}/tokenizer_config.json: model_max_length={bounded_repr(n)} is not a whole "
-                             "number >= 1 (transformers writes 1e30 for no limit)")
-    if not isinstance(cleanup, bool):
-        raise TokenizerError(f"{path}/tokenizer_config.json: clean_up_tokenization_spaces={bounded_repr(cleanup)} "
-                             "must be true or false (the string \"false\" would count as true)")
-    return (None if n is None or n >= NO_LIMIT else int(n)), cleanup
-
-
-def _check_special_tokens(config: dict, path: str) -> None:
-    """minipegx has Pegasus' special tokens built in; refuse a config that renames them."""
-    expected = {"pad_token": PAD, "eos_token": EOS, "mask_token": MASK, "mask_token_sent": MASK_SENT,
-                "unk_token": "<unk>"}
-    for key, want in expected.items():
-        value = config.get(key, want)
-        if isinstance(value, dict):            # a serialized AddedToken
-            value = value.get("content")
-        if value != want:
-            raise TokenizerError(f"{path}: {key}={bounded_repr(value)}, but minipegx supports Pegasus' {want!r} only")
-    if config.get("offset", OFFSET) != OFFSET:
-        raise TokenizerError(f"{path}: offset={bounded_repr(config['offset'])}, but minipegx supports Pegasus' "
-                             f"{OFFSET} only")
 
 
 def _as_text(item, index: int) -> str:

@@ -34,6 +34,7 @@ class Tolerance:
         return float(np.abs(_host(got) - _host(want)).max(initial=0.0))
 
     def holds(self, got, want) -> bool:
+        """error(got, want) <= bound(want)."""
         return self.error(got, want) <= self.bound(want)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 def unflatten_params(flat: dict) -> dict:
-    """{"model.encoder.layers.3.fc1.weight": x} -> params["model"]["encoder"]["layers"][3]["fc1"]["weight"]."""
+    """``{"model.encoder.layers.3.fc1.weight": x}`` -> ``params["model"]["encoder"]["layers"][3]["fc1"]["weight"]``."""
     tree: dict = {}
     for name, x in flat.items():
         node = tree

@@ -66,10 +66,12 @@ class LayerAttention:
 
     @property
     def G(self):
+        """The number of global tokens."""
         return self.glob.shape[0]
 
     @property
     def K(self):
+        """The block size."""
         return self.local.shape[1]
 
 

@@ -21,8 +21,9 @@ from reference import hf_model, random_batch, save, t, torch
 
 import minipegx
 from minipegx.errors import ConfigError, NumericalError
+from minipegx.checkpoint import save_quantized
 from minipegx.quantize import (NF4_CODE, Int8Weight, NF4Weight, dequantize, quantize_int8, quantize_nf4,
-                               quantize_params, save_quantized, weight_bytes)
+                               quantize_params, weight_bytes)
 
 U = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 LOW_PRECISION_TOL = 8            # x u x max|logits|, see the module docstring

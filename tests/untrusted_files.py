@@ -44,7 +44,7 @@ def write_checkpoints(root, model) -> dict:
     """One directory per format the loader reads, each a complete checkpoint: {format: path}."""
     import torch
 
-    from minipegx.quantize import save_quantized
+    from minipegx.checkpoint import save_quantized
 
     root = os.fspath(root)
     dirs = {f: os.path.join(root, f) for f in ("safetensors", "sharded", "bin_zip", "bin_legacy", "quantized")}

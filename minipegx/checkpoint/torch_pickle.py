@@ -93,6 +93,7 @@ class SafeUnpickler(pickle.Unpickler):
         return self.storage_types[name]
 
     def persistent_load(self, pid):
+        """A storage the pickle names, as a read-only view of its bytes in the zip (checked first)."""
         # zip format: ('storage', type, key, location, numel); legacy adds view_metadata (None)
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and _is_count(pid[4])

@@ -41,6 +41,7 @@ class CorpusRun:
 
     @property
     def docs_per_second(self) -> float:
+        """Documents written per second of the run (0 for a run that wrote nothing)."""
         return self.written / self.seconds if self.seconds else 0.0
 
 

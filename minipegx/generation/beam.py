@@ -93,7 +93,8 @@ class BeamStep:
 
 
 def beam_search_steps(model, input_ids, attention_mask=None, **options):
-    """Beam search, yielding a BeamStep per generated token (num_beams defaults as generate's)."""
+    """Beam search, yielding a BeamStep per generated token (num_beams defaults as generate's).
+    input_ids / attention_mask [B, T]; each step's alive beams are [B, W, step+1] (W = num_beams)."""
     opts = resolve_options(model, options)
     if opts.num_beams < 2:
         fail(f"beam_search_steps needs num_beams >= 2, got {opts.num_beams}: pass num_beams=... or use greedy_steps")

@@ -56,11 +56,13 @@ class GreedyStep:
 
     @property
     def num_alive(self):
+        """How many of the [N] rows are not finished yet."""
         return int((~self.finished).sum())
 
 
 def greedy_steps(model, input_ids, attention_mask=None, **options):
-    """Greedy search (or sampling with do_sample=True), yielding a GreedyStep per generated token."""
+    """Greedy search (or sampling with do_sample=True), yielding a GreedyStep per generated token.
+    input_ids / attention_mask [B, T]; each step's sequences are [B*R, step+1] (R = num_return_sequences)."""
     opts = resolve_options(model, options)
     if opts.num_beams != 1:
         fail(f"greedy_steps runs num_beams=1; got num_beams={opts.num_beams}: use beam_search_steps")
