@@ -111,9 +111,24 @@ class AdamW:
 def _named(params) -> dict:
     if isinstance(params, dict):
         return params
-    from . import named_parameters   # train-core's: views into model.params, tied weights once
+    from . import named_parameters   # views into model.params, tied weights once
 
+    make_writable(params)
     return named_parameters(params)
+
+
+def make_writable(model) -> None:
+    """Give every read-only parameter of `model` a writable copy of its own, in model.params.
+
+    from_pretrained keeps float32 weights as read-only views of the memory-mapped checkpoint file (no copy, and
+    the file must not change under a reader); training updates them in place, so it needs its own arrays."""
+    from ..tree import tree_map
+
+    def own(a):
+        flags = getattr(a, "flags", None)
+        return a.copy() if flags is not None and not getattr(flags, "writeable", True) else a
+
+    model.params = tree_map(own, model.params)
 
 
 def _check_hyper(lr, betas, eps, weight_decay):
@@ -130,4 +145,4 @@ def _check_hyper(lr, betas, eps, weight_decay):
         raise InputError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
 
-__all__ = ["AdamW", "decay_matrices_only"]
+__all__ = ["AdamW", "decay_matrices_only", "make_writable"]
