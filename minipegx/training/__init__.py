@@ -13,3 +13,8 @@ from .loss import cross_entropy_backward, cross_entropy_forward, loss_and_grads 
 from .params import named_parameters  # noqa: F401
 
 # --- train-app exports (optimizer, schedule, train_step, finetune) below this line ---
+from .optim import AdamW, decay_matrices_only  # noqa: F401,E402
+from .schedule import Schedule  # noqa: F401,E402
+from .step import Batch, StepStats, clip_grad_norm, train_step  # noqa: F401,E402
+from .finetune import FinetuneResult, finetune  # noqa: F401,E402
+from .export import save_model_dir  # noqa: F401,E402
