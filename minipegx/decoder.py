@@ -217,6 +217,7 @@ from .layers import (AttendCache, EmbedCache, FfnCache, LayerNormCache, LinearCa
 
 
 class AttentionCache(NamedTuple):
+    """What attention_backward reads: the four projections' caches and the heads' attention."""
     q: LinearCache                             # q_proj of the queries' input [B, S, M]
     k: LinearCache                             # k_proj of the keys' input [B, C, M] (C = S, or T encoder tokens)
     v: LinearCache
@@ -252,6 +253,7 @@ def attention_backward(dout, cache):
 
 
 class DecoderLayerCache(NamedTuple):
+    """What decoder_layer_backward reads: each sub-block's cache."""
     self_norm: LayerNormCache
     self_attn: AttentionCache
     cross_norm: LayerNormCache
@@ -288,6 +290,7 @@ def decoder_layer_backward(dx, cache):
 
 
 class DecoderCache(NamedTuple):
+    """What decoder_backward reads."""
     embed: EmbedCache
     layers: list                               # per layer its DecoderLayerCache, or its input x to recompute it
     enc: object                                # [B, T, M] the encoder's output (keys and values of every layer)

@@ -190,6 +190,7 @@ from .layers import (EmbedCache, FfnCache, LayerNormCache, LinearCache, add_grad
                      layer_norm_forward, linear_backward, linear_forward, merge_heads, softmax_backward)
 
 class GlobalLocalCache(NamedTuple):
+    """What global_local_attention_backward reads."""
     proj: tuple                                # (q, k, v) LinearCaches of the joint [B, G+P, M] input
     q: object                                  # [B, H, G+P, D] queries, pre-scaled by D^-1/2
     k: object                                  # [B, H, G+P, D]
@@ -197,6 +198,15 @@ class GlobalLocalCache(NamedTuple):
     global_probs: object                       # [B, H, G, G+P]
     local_probs: object                        # [B, H, N, K, G+K]
     out: LinearCache                           # out_proj's input [B, G+P, M] (heads merged)
+
+
+def block_keys(k, G, K):
+    """Each block's keys: the G global ones, then the block's own K. k [B, H, G+P, D] -> [B, H, N, G+K, D]."""
+    xp = array_module(k)
+    B, H, GP, D = k.shape
+    N = (GP - G) // K
+    kg = xp.broadcast_to(k[:, :, None, :G], (B, H, N, G, D))               # [B, H, N, G, D] (a view)
+    return xp.concatenate([kg, k[:, :, G:].reshape(B, H, N, K, D)], axis=3)  # [B, H, N, G+K, D]
 
 
 def global_local_attention_forward(x, g, mask, p, num_heads, block_size):
@@ -215,21 +225,16 @@ def global_local_attention_forward(x, g, mask, p, num_heads, block_size):
 
     # Global tokens: every global token and every unmasked token.
     global_mask = xp.concatenate([xp.zeros((B, G), mask.dtype), mask], axis=1)  # [B, G+P]
-    s = q[:, :, :G] @ k.swapaxes(-1, -2) + global_mask[:, None, None, :]  # [B, H, G, D] @ [B, H, D, G+P] -> [B, H, G, G+P]
-    global_probs = softmax(s)                                              # [B, H, G, G+P]
-    global_out = global_probs @ v                                          # [B, H, G, G+P] @ [B, H, G+P, D] -> [B, H, G, D]
+    s = q[:, :, :G] @ k.swapaxes(-1, -2)                                   # [B, H, G, D] @ [B, H, D, G+P]
+    global_probs = softmax(s + global_mask[:, None, None, :])              # [B, H, G, G+P]
+    global_out = global_probs @ v                                          # [B, H, G, G+P] @ [B, H, G+P, D]
 
-    # Tokens: the G global keys, then the K keys of their own block.
+    # Tokens: each block of K queries, against the G global keys and then its own block's K keys.
     qb = q[:, :, G:].reshape(B, H, N, K, D)                                # [B, H, N, K, D]
-    kb = k[:, :, G:].reshape(B, H, N, K, D)
-    vb = v[:, :, G:].reshape(B, H, N, K, D)
-    kg, vg = k[:, :, None, :G], v[:, :, None, :G]                          # [B, H, 1, G, D]
     local_mask = xp.concatenate([xp.zeros((B, N, G), mask.dtype), mask.reshape(B, N, K)], axis=-1)  # [B, N, G+K]
-    s = xp.concatenate([qb @ kg.swapaxes(-1, -2),                          # [B, H, N, K, D] @ [B, H, 1, D, G] -> [B, H, N, K, G]
-                        qb @ kb.swapaxes(-1, -2)], axis=-1)                # [B, H, N, K, D] @ [B, H, N, D, K] -> [B, H, N, K, K]
-    s += local_mask[:, None, :, None, :]                                   # [B, H, N, K, G+K]
-    local_probs = softmax(s)                                               # [B, H, N, K, G+K]
-    local_out = local_probs[..., :G] @ vg + local_probs[..., G:] @ vb      # [B, H, N, K, D]
+    s = qb @ block_keys(k, G, K).swapaxes(-1, -2)                          # [B, H, N, K, D] @ [B, H, N, D, G+K]
+    local_probs = softmax(s + local_mask[:, None, :, None, :])             # [B, H, N, K, G+K]
+    local_out = local_probs @ block_keys(v, G, K)                          # [B, H, N, K, G+K] @ [B, H, N, G+K, D]
 
     heads = xp.concatenate([global_out, local_out.reshape(B, H, P, D)], axis=2)  # [B, H, G+P, D]
     out, co = linear_forward(merge_heads(heads), p["out_proj"]["weight"])  # [B, G+P, M]
@@ -239,39 +244,35 @@ def global_local_attention_forward(x, g, mask, p, num_heads, block_size):
 
 def global_local_attention_backward(dx_out, dg_out, cache):
     """d token output [B, P, M], d global output [B, G, M] -> dx [B, P, M], dg [B, G, M] and
-    {q_proj, k_proj, v_proj, out_proj: {"weight"}}. Tokens and globals share the projections: their
-    gradients are one product over the joint [B, G+P] rows."""
+    {q_proj, k_proj, v_proj, out_proj: {"weight"}}. A global key or value serves every block and the
+    global queries: its gradient sums all their shares. Tokens and global tokens share the projections,
+    so their gradients are one product over the joint [B, G+P] rows."""
     xp = array_module(dx_out)
     q, k, v, global_probs, local_probs = cache.q, cache.k, cache.v, cache.global_probs, cache.local_probs
     B, H, N, K, GK = local_probs.shape
-    G, D = GK - K, q.shape[-1]
-    P = N * K
+    G, D, P = GK - K, q.shape[-1], N * K
     dout = xp.concatenate([dg_out, dx_out], axis=1)                        # [B, G+P, M]
     dmerged, g_out = linear_backward(dout, cache.out, bias=False)          # [B, G+P, M]
     dheads = split_heads(dmerged, H)                                       # [B, H, G+P, D]
-    dq, dk, dv = xp.zeros_like(q), xp.zeros_like(k), xp.zeros_like(v)      # [B, H, G+P, D] each
 
-    # Tokens' blocks: local_out = probs_g @ vg + probs_l @ vb.
+    # Tokens' blocks: local_out = local_probs @ block values.
     dlocal = dheads[:, :, G:].reshape(B, H, N, K, D)                       # [B, H, N, K, D]
-    qb = q[:, :, G:].reshape(B, H, N, K, D)
-    kb = k[:, :, G:].reshape(B, H, N, K, D)
-    vb = v[:, :, G:].reshape(B, H, N, K, D)
-    kg, vg = k[:, :, None, :G], v[:, :, None, :G]                          # [B, H, 1, G, D]
-    dprobs = xp.concatenate([dlocal @ vg.swapaxes(-1, -2),                 # [B, H, N, K, D] @ [B, H, 1, D, G] -> [B, H, N, K, G]
-                             dlocal @ vb.swapaxes(-1, -2)], axis=-1)       # [B, H, N, K, D] @ [B, H, N, D, K] -> [B, H, N, K, K]
-    dv[:, :, :G] += (local_probs[..., :G].swapaxes(-1, -2) @ dlocal).sum(axis=2)  # [B, H, N, G, K] @ [B, H, N, K, D] -> sum over N -> [B, H, G, D]
-    dv[:, :, G:] += (local_probs[..., G:].swapaxes(-1, -2) @ dlocal).reshape(B, H, P, D)  # [B, H, N, K, K] @ [..., K, D] -> [B, H, P, D]
+    dprobs = dlocal @ block_keys(v, G, K).swapaxes(-1, -2)                 # [B, H, N, K, D] @ [B, H, N, D, G+K]
+    dvb = local_probs.swapaxes(-1, -2) @ dlocal                            # [B, H, N, G+K, K] @ [B, H, N, K, D]
     ds = softmax_backward(dprobs, local_probs)                             # [B, H, N, K, G+K]
-    dq[:, :, G:] += (ds[..., :G] @ kg + ds[..., G:] @ kb).reshape(B, H, P, D)  # [B, H, N, K, G] @ [B, H, 1, G, D] + [..., K, K] @ [..., K, D]
-    dk[:, :, :G] += (ds[..., :G].swapaxes(-1, -2) @ qb).sum(axis=2)        # [B, H, N, G, K] @ [B, H, N, K, D] -> sum over N -> [B, H, G, D]
-    dk[:, :, G:] += (ds[..., G:].swapaxes(-1, -2) @ qb).reshape(B, H, P, D)  # [B, H, N, K, K] @ [B, H, N, K, D] -> [B, H, P, D]
+    dqb = ds @ block_keys(k, G, K)                                         # [B, H, N, K, G+K] @ [B, H, N, G+K, D]
+    dkb = ds.swapaxes(-1, -2) @ q[:, :, G:].reshape(B, H, N, K, D)         # [B, H, N, G+K, K] @ [B, H, N, K, D]
+    dq = xp.concatenate([xp.zeros_like(q[:, :, :G]), dqb.reshape(B, H, P, D)], axis=2)  # [B, H, G+P, D]
+    dk = xp.concatenate([dkb[:, :, :, :G].sum(axis=2),                     # [B, H, G, D] every block's share
+                         dkb[:, :, :, G:].reshape(B, H, P, D)], axis=2)    # [B, H, G+P, D]
+    dv = xp.concatenate([dvb[:, :, :, :G].sum(axis=2), dvb[:, :, :, G:].reshape(B, H, P, D)], axis=2)
 
     # Global tokens: global_out = global_probs @ v over all G+P keys.
     dglobal = dheads[:, :, :G]                                             # [B, H, G, D]
-    dv += global_probs.swapaxes(-1, -2) @ dglobal                          # [B, H, G+P, G] @ [B, H, G, D] -> [B, H, G+P, D]
-    ds = softmax_backward(dglobal @ v.swapaxes(-1, -2), global_probs)      # [B, H, G, D] @ [B, H, D, G+P] -> [B, H, G, G+P]
-    dq[:, :, :G] += ds @ k                                                 # [B, H, G, G+P] @ [B, H, G+P, D] -> [B, H, G, D]
-    dk += ds.swapaxes(-1, -2) @ q[:, :, :G]                                # [B, H, G+P, G] @ [B, H, G, D] -> [B, H, G+P, D]
+    dv += global_probs.swapaxes(-1, -2) @ dglobal                          # [B, H, G+P, G] @ [B, H, G, D]
+    ds = softmax_backward(dglobal @ v.swapaxes(-1, -2), global_probs)      # [B, H, G, D] @ [B, H, D, G+P]
+    dq[:, :, :G] += ds @ k                                                 # [B, H, G, G+P] @ [B, H, G+P, D]
+    dk += ds.swapaxes(-1, -2) @ q[:, :, :G]                                # [B, H, G+P, G] @ [B, H, G, D]
 
     # The projections of the joint rows (q was pre-scaled: d(q_proj output) = dq * D^-1/2).
     dboth, g_q = linear_backward(merge_heads(dq * D ** -0.5), cache.proj[0], bias=False)  # [B, G+P, M]
@@ -298,6 +299,7 @@ def unstagger_backward(dh, block_size):
 
 
 class EncoderLayerCache(NamedTuple):
+    """What encoder_layer_backward reads: each sub-block's cache and the layer's layout."""
     norm: LayerNormCache                       # self_attn_layer_norm, tokens
     global_norm: LayerNormCache                # global_self_attn_layer_norm
     attention: GlobalLocalCache
@@ -351,6 +353,7 @@ def encoder_layer_backward(dx, dg, cache):
 
 
 class EncoderCache(NamedTuple):
+    """What encoder_backward reads."""
     embed: EmbedCache
     layers: list                               # per layer its EncoderLayerCache, or its inputs (x, g) to recompute it
     mask: object                               # [B, P] additive

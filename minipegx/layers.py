@@ -179,6 +179,7 @@ def additive_mask(attention_mask, dtype, xp):
 from typing import NamedTuple  # noqa: E402  (the training section's own import, kept beside it)
 
 class LinearCache(NamedTuple):
+    """What linear_backward reads: the input and the weight."""
     x: object                                  # [..., I] the input
     w: object                                  # [O, I]
 
@@ -201,6 +202,7 @@ def linear_backward(dy, cache, bias=True):
 
 
 class LayerNormCache(NamedTuple):
+    """What layer_norm_backward reads (llm.c keeps the same: the normalized input and 1/std)."""
     xhat: object                               # [..., M] the normalized input (x - mean) / std
     rstd: object                               # [..., 1] 1 / sqrt(var + eps)
     w: object                                  # [M]
@@ -288,6 +290,7 @@ def activation_backward(dy, h, act):
 
 
 class FfnCache(NamedTuple):
+    """What ffn_backward reads: both linears' caches and the activation's input."""
     fc1: LinearCache
     act: object                                # [..., F] fc1's output, the activation's input
     fc2: LinearCache
@@ -316,6 +319,7 @@ def softmax_backward(dp, probs):
 
 
 class AttendCache(NamedTuple):
+    """What attend_backward reads: queries, keys, values, the probabilities and the score scale."""
     q: object                                  # [..., Q, D]
     k: object                                  # [..., C, D]
     v: object                                  # [..., C, D]
@@ -350,6 +354,7 @@ def attend_backward(dout, cache):
 
 
 class EmbedCache(NamedTuple):
+    """What embed_tokens_backward reads: the ids, the table's row count and the scale."""
     ids: object                                # [B, T] token ids
     vocab: int                                 # V, rows of the table
     scale: float

@@ -22,6 +22,7 @@ from .params import check_trainable, grads_by_name
 
 
 class CrossEntropyCache(NamedTuple):
+    """What cross_entropy_backward reads."""
     probs: object                              # [B, S, V] softmax of the logits
     targets: object                            # [B, S] label ids, 0 where ignored
     valid: object                              # [B, S] 1.0 where the label counts, 0.0 where it is -100
