@@ -186,6 +186,8 @@ def test_training_refuses_what_it_cannot_train(tmp_path_factory):
         loss_and_grads(model, ids, mask, labels, label_smoothing=1.5)
     with pytest.raises(InputError, match="labels have 1 rows"):
         loss_and_grads(model, ids, mask, labels[:1])
-    _, half = models(tmp_path_factory, dtype="float16")
-    with pytest.raises(InputError, match="float32 or float64"):
-        loss_and_grads(half, ids, mask, labels)
+    for dtype in ("float16", "bfloat16"):
+        with pytest.raises(InputError, match="float32 or float64"):
+            loss_and_grads(minipegx.from_pretrained(model.path, dtype=dtype), ids, mask, labels)
+    with pytest.raises(InputError, match="quantized"):
+        loss_and_grads(minipegx.from_pretrained(model.path, quantize="int8"), ids, mask, labels)

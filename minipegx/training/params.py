@@ -9,14 +9,14 @@ the name transformers keeps for it. PEGASUS-X has no final_logits_bias and no le
 from __future__ import annotations
 
 from ..errors import InputError
-from ..precision import is_low_precision
 from ..quantize import is_quantized
 from ..tree import flatten_params
 
 
 def named_parameters(model) -> dict:
     """{transformers name: array} of every parameter; the arrays are model.params' own (not copies), so an
-    in-place update (p -= lr * g) changes the model."""
+    in-place update (p -= lr * g) changes the model. (float32 weights loaded from safetensors are read-only
+    memory maps until replaced by copies, which AdamW(model) does.)"""
     return flatten_params(model.params)
 
 
@@ -30,7 +30,7 @@ def check_trainable(model):
     if quantized:
         raise InputError(f"{len(quantized)} weights are quantized (e.g. {quantized[0]}): training needs float weights; "
                          "load the checkpoint with quantize=None")
-    if is_low_precision(model.dtype) or str(model.dtype) not in ("float32", "float64"):
+    if str(model.dtype) not in ("float32", "float64"):
         raise InputError(f"training computes in float32 or float64, and this model is loaded in {model.dtype}; "
                          "load it with from_pretrained(..., dtype='float32') (or 'float64' for gradient checks)")
     return params
