@@ -226,14 +226,16 @@ def global_local_attention_forward(x, g, mask, p, num_heads, block_size):
     # Global tokens: every global token and every unmasked token.
     global_mask = xp.concatenate([xp.zeros((B, G), mask.dtype), mask], axis=1)  # [B, G+P]
     s = q[:, :, :G] @ k.swapaxes(-1, -2)                                   # [B, H, G, D] @ [B, H, D, G+P]
-    global_probs = softmax(s + global_mask[:, None, None, :])              # [B, H, G, G+P]
+    s += global_mask[:, None, None, :]
+    global_probs = softmax(s)                                              # [B, H, G, G+P] (in place on s)
     global_out = global_probs @ v                                          # [B, H, G, G+P] @ [B, H, G+P, D]
 
     # Tokens: each block of K queries, against the G global keys and then its own block's K keys.
     qb = q[:, :, G:].reshape(B, H, N, K, D)                                # [B, H, N, K, D]
     local_mask = xp.concatenate([xp.zeros((B, N, G), mask.dtype), mask.reshape(B, N, K)], axis=-1)  # [B, N, G+K]
     s = qb @ block_keys(k, G, K).swapaxes(-1, -2)                          # [B, H, N, K, D] @ [B, H, N, D, G+K]
-    local_probs = softmax(s + local_mask[:, None, :, None, :])             # [B, H, N, K, G+K]
+    s += local_mask[:, None, :, None, :]
+    local_probs = softmax(s)                                               # [B, H, N, K, G+K] (in place on s)
     local_out = local_probs @ block_keys(v, G, K)                          # [B, H, N, K, G+K] @ [B, H, N, G+K, D]
 
     heads = xp.concatenate([global_out, local_out.reshape(B, H, P, D)], axis=2)  # [B, H, G+P, D]

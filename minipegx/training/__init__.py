@@ -6,7 +6,8 @@
     grads["model.encoder.layers.0.self_attn.q_proj.weight"]           # transformers' named_parameters() names
 
 The backward functions sit beside their forward ones (layers.py, encoder.py, decoder.py, each in a section
-"Backward passes" at its end); loss.py runs them over the whole model; params.py names the parameters.
+"backward passes (training)" at its end; their math in brief: docs/backward.md); loss.py runs them over the
+whole model; params.py names the parameters.
 """
 
 from .loss import cross_entropy_backward, cross_entropy_forward, loss_and_grads  # noqa: F401
