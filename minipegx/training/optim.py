@@ -42,7 +42,7 @@ class AdamW:
         _check_hyper(lr, betas, eps, weight_decay)
         self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(map(float, betas)), float(eps), \
             float(weight_decay)
-        bad = [n for n, p in self.params.items() if not getattr(p, "flags", None) or not p.flags.writeable]
+        bad = [n for n, p in self.params.items() if not getattr(getattr(p, "flags", None), "writeable", True)]
         if bad:
             raise InputError(f"AdamW updates parameters in place, but {bad[0]} is read-only (a view of the "
                              "checkpoint file); take the parameters from minipegx.training.named_parameters(model)")
