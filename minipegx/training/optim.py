@@ -111,7 +111,7 @@ class AdamW:
 def _named(params) -> dict:
     if isinstance(params, dict):
         return params
-    from . import named_parameters   # views into model.params, tied weights once
+    from .params import named_parameters   # views into model.params, tied weights once
 
     make_writable(params)
     return named_parameters(params)

@@ -109,7 +109,7 @@ def train_step(model, optimizer, batches, *, schedule=None, max_grad_norm: float
 
     schedule: a callable step -> lr (e.g. Schedule), asked with the optimizer's step count before the update;
     None keeps optimizer.lr. max_grad_norm: None or 0 turns clipping off (the norm is still reported)."""
-    from . import loss_and_grads   # train-core's backward pass
+    from .loss import loss_and_grads   # the backward pass
 
     t0 = time.perf_counter()
     batches = as_batches(batches)
