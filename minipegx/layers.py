@@ -233,7 +233,7 @@ def erf64(x):
     float64 gradient checks. |x| < 3: erf = 2/sqrt(pi) e^(-x^2) sum_n (2x^2)^n x / (2n+1)!!, all terms positive
     (no cancellation), 64 terms (the last is below 2^-60 of the sum at |x| = 3). |x| >= 3: erfc's continued
     fraction e^(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...)))), 60 levels evaluated from the
-    bottom up. Both agree with math.erf to a few ulp (tests/test_training_grads.py)."""
+    bottom up. Both agree with math.erf to a few ulp (tests/test_training_finite_differences.py)."""
     xp = array_module(x)
     a = xp.abs(x)
     small = xp.minimum(a, 3.0)                         # the series' argument (large |x| use the fraction)
