@@ -73,7 +73,8 @@ def save_checkpoint(checkpoints_dir, step: int, model, optimizer, tokenizer_dir,
     opt = optimizer.state_dict()
     arrays = {k: np.ascontiguousarray(v) for k, v in opt.pop("arrays").items()}
     save_file(arrays, os.path.join(tmp, "optimizer.safetensors"), metadata={"format": "np"})
-    _write_json(os.path.join(tmp, "trainer_state.json"), {**state, "step": step, "optimizer": opt})
+    _write_json(os.path.join(tmp, "trainer_state.json"), {**state, "step": step, "optimizer": opt},
+                compact=True)                      # the history grows by a row a step: ~120 bytes each
     shutil.rmtree(final, ignore_errors=True)       # a checkpoint of this step from a run that was cut short
     os.replace(tmp, final)
     for old in list_checkpoints(checkpoints_dir)[:-keep] if keep > 0 else []:
@@ -102,9 +103,9 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     return state, opt
 
 
-def _write_json(path, obj) -> None:
+def _write_json(path, obj, compact=False) -> None:
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(obj, f, separators=(",", ":")) if compact else json.dump(obj, f, indent=2)
         f.write("\n")
     os.replace(path + ".tmp", path)
 
