@@ -151,7 +151,8 @@ def run_worker(job, timeout):
 
 def table(results):
     """Rows: per case, torch's step, then minipegx's without and with recomputation, with the ratios."""
-    lines = ["| case | library | step (s) | ratio | peak memory (GiB) | ratio |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| case | library | step (s) | ratio | peak memory (GiB) | ratio |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for case in dict.fromkeys(r["case"] for r in results):
         rows = [r for r in results if r["case"] == case]
         ref = next((r for r in rows if r["side"] == "torch"), None)

@@ -240,6 +240,6 @@ assert after.count(".") == held_out_summary.count(".")   # and still gives every
 
 # %% [markdown]
 # The loss falls by more than ten times in sixteen steps, and the summary of a document the model never saw
-# now restates every fact without its destination. The output folder is an ordinary checkpoint: `minipegx.from_pretrained`
-# and transformers' `PegasusXForConditionalGeneration.from_pretrained` both load it, and running the same
-# `finetune` call again resumes from its newest checkpoint with the same losses.
+# now restates every fact without its destination. The output folder is an ordinary checkpoint:
+# `minipegx.from_pretrained` and transformers' `PegasusXForConditionalGeneration.from_pretrained` both load it,
+# and running the same `finetune` call again resumes from its newest checkpoint with the same losses.

@@ -238,3 +238,17 @@ def test_backend_cupy_without_cupy_says_how_to_get_it(tiny_dir, corpus, tmp_path
     err = capsys.readouterr().err
     assert "needs CuPy" in err or "needs a CUDA GPU" in err, err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_second_run_into_the_same_out_at_once_is_refused(tiny_dir, corpus, tmp_path):
+    import fcntl
+
+    run(tiny_dir, corpus, tmp_path / "out", steps=1)
+    fd = os.open(tmp_path / "out" / ".lock", os.O_WRONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)                          # another process' run, still going
+    try:
+        with pytest.raises(InputError, match="being written by another finetune run"):
+            run(tiny_dir, corpus, tmp_path / "out", steps=1)
+    finally:
+        os.close(fd)
+    assert run(tiny_dir, corpus, tmp_path / "out", steps=1).resumed_from == 1

@@ -1,6 +1,6 @@
 """Phase 1 of the demo recipe (the first, short demo model) trained by minipegx alone: no torch in the process.
 
-    python -m tools.train_demo_numpy --out /tmp/demo_numpy                 # phase 1: 9,600 steps (~1 h+ on 2 idle cores)
+    python -m tools.train_demo_numpy --out /tmp/demo_numpy                 # phase 1: 9,600 steps (hours on 2 cores)
     python -m tools.train_demo_numpy --out /tmp/demo_numpy --max-steps 3   # a check that every piece runs (seconds)
     python -m tools.eval_demo --model /tmp/demo_numpy --task named         # then evaluate it as the shipped one was
 
@@ -57,7 +57,8 @@ def load_tokenizer(folder: str):
     assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
     assert len(tok) == sp.get_piece_size() + 103, (len(tok), sp.get_piece_size())
     probes = ["According to the town ledger, Mirela carried 47 lanterns to Ostbridge."]
-    probes += [text for i in range(5) for text in demo_data.make_named_example(random.Random(recipe.SEED + 7 + i), 1500)]
+    probes += [text for i in range(5)
+               for text in demo_data.make_named_example(random.Random(recipe.SEED + 7 + i), 1500)]
     for probe in probes:
         assert tok.encode(probe) == [i + 103 for i in sp.encode(probe)] + [1], probe[:80]
     return tok

@@ -84,66 +84,70 @@ def finetune(train, out, valid=None, model=None, *, steps=1000, lr=1e-4, batch_t
                 "dtype": dtype, "skip_malformed": skip_malformed}
     checkpoints = os.path.join(out, "checkpoints")
     resume = prepare_out(out, settings)
-    source = os.path.join(checkpoints, resume) if resume else model_dir
-    if not resume:                  # OUT keeps the tokenizer files that every checkpoint and the export copy
-        copy_tokenizer_files(model_dir, out)
+    lock = lock_out(out)                                          # one run per OUT at a time
+    try:
+        source = os.path.join(checkpoints, resume) if resume else model_dir
+        if not resume:                  # OUT keeps the tokenizer files that every checkpoint and the export copy
+            copy_tokenizer_files(model_dir, out)
 
-    from ..tokenizer import Tokenizer
-    tok = Tokenizer.from_pretrained(source)
-    net = load_trainable(source, backend, dtype)
-    limit = max_input_length or net.config.max_position_embeddings
-    train_set = load_examples(tok, train, text_field, summary_field, limit, max_target_length, skip_malformed, say)
-    D.check_fits(train_set, batch_tokens, train)
-    batches = D.pack_by_length([len(e.input_ids) for e in train_set], batch_tokens)
-    valid_set = load_examples(tok, valid, text_field, summary_field, limit, max_target_length, skip_malformed,
-                              say) if valid else None
-    say(f"{len(train_set)} training pairs in {len(batches)} batches of up to {batch_tokens} padded tokens"
-        + (f"; {len(valid_set)} validation pairs" if valid_set else ""))
+        from ..tokenizer import Tokenizer
+        tok = Tokenizer.from_pretrained(source)
+        net = load_trainable(source, backend, dtype)
+        limit = max_input_length or net.config.max_position_embeddings
+        train_set = load_examples(tok, train, text_field, summary_field, limit, max_target_length, skip_malformed, say)
+        D.check_fits(train_set, batch_tokens, train)
+        batches = D.pack_by_length([len(e.input_ids) for e in train_set], batch_tokens)
+        valid_set = load_examples(tok, valid, text_field, summary_field, limit, max_target_length, skip_malformed,
+                                  say) if valid else None
+        say(f"{len(train_set)} training pairs in {len(batches)} batches of up to {batch_tokens} padded tokens"
+            + (f"; {len(valid_set)} validation pairs" if valid_set else ""))
 
-    opt = AdamW(net, lr=lr, weight_decay=weight_decay, decay=decay_matrices_only)
-    sched = Schedule(lr, warmup_steps=warmup, total_steps=steps, kind=schedule)
-    history, start = [], 0
-    if resume:
-        state, opt_state = load_checkpoint(source)
-        opt.load_state_dict(opt_state)
-        history, start = state["history"], state["step"]
-        say(f"resumed from {source} at step {start} of {steps}")
-    log_path = os.path.join(out, "train_log.jsonl")
-    _write_log(log_path, history)
-    if start == 0 and valid_set:
-        history.append(evaluate(net, tok, valid_set, batch_tokens, eval_docs, max_target_length, 0, say))
-        _append_log(log_path, history[-1])
-
-    stop = steps if stop_at is None else min(stop_at, steps)
-    window_tokens, window_seconds = 0, 0.0
-    for step in range(start, stop):
-        ids, mask, labels = D.make_batch(train_set, D.batch_indices(batches, seed, step), tok.pad_token_id)
-        xp = net.xp
-        stats = train_step(net, opt, Batch(xp.asarray(ids), xp.asarray(mask), xp.asarray(labels)), schedule=sched,
-                           max_grad_norm=max_grad_norm, label_smoothing=label_smoothing, recompute=recompute)
-        done = step + 1
-        window_tokens, window_seconds = window_tokens + stats.input_tokens, window_seconds + stats.seconds
-        history.append({"step": done, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
-                        "input_tokens": stats.input_tokens, "label_tokens": stats.label_tokens,
-                        "seconds": round(stats.seconds, 4)})
-        _append_log(log_path, history[-1])
-        if done % log_every == 0 or done == stop:
-            say(f"step {done}/{steps}  loss {stats.loss:.4f}  lr {stats.lr:.2e}  grad norm {stats.grad_norm:.3f}  "
-                f"{window_tokens / max(window_seconds, 1e-9):,.0f} tokens/s")
-            window_tokens, window_seconds = 0, 0.0
-        if valid_set and (done % eval_every == 0 or done == steps):
-            history.append(evaluate(net, tok, valid_set, batch_tokens, eval_docs, max_target_length, done, say))
+        opt = AdamW(net, lr=lr, weight_decay=weight_decay, decay=decay_matrices_only)
+        sched = Schedule(lr, warmup_steps=warmup, total_steps=steps, kind=schedule)
+        history, start = [], 0
+        if resume:
+            state, opt_state = load_checkpoint(source)
+            opt.load_state_dict(opt_state)
+            history, start = state["history"], state["step"]
+            say(f"resumed from {source} at step {start} of {steps}")
+        log_path = os.path.join(out, "train_log.jsonl")
+        _write_log(log_path, history)
+        if start == 0 and valid_set:
+            history.append(evaluate(net, tok, valid_set, batch_tokens, eval_docs, max_target_length, 0, say))
             _append_log(log_path, history[-1])
-        if done % save_every == 0 or done == stop:
-            path = save_checkpoint(checkpoints, done, net, opt, out, {"history": history, "settings": settings},
-                                   keep=keep_checkpoints)
-            say(f"saved {path}")
-    if stop == steps:
-        save_model_dir(net, out, out)
-        say(f"the fine-tuned model is in {out} (load it with minipegx.from_pretrained or transformers)")
-    else:
-        say(f"stopped at step {stop} of {steps}; run the same command again without --stop-at to go on")
-    return FinetuneResult(out, stop, start, history, time.perf_counter() - t_start)
+
+        stop = steps if stop_at is None else min(stop_at, steps)
+        window_tokens, window_seconds = 0, 0.0
+        for step in range(start, stop):
+            ids, mask, labels = D.make_batch(train_set, D.batch_indices(batches, seed, step), tok.pad_token_id)
+            xp = net.xp
+            stats = train_step(net, opt, Batch(xp.asarray(ids), xp.asarray(mask), xp.asarray(labels)), schedule=sched,
+                               max_grad_norm=max_grad_norm, label_smoothing=label_smoothing, recompute=recompute)
+            done = step + 1
+            window_tokens, window_seconds = window_tokens + stats.input_tokens, window_seconds + stats.seconds
+            history.append({"step": done, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                            "input_tokens": stats.input_tokens, "label_tokens": stats.label_tokens,
+                            "seconds": round(stats.seconds, 4)})
+            _append_log(log_path, history[-1])
+            if done % log_every == 0 or done == stop:
+                say(f"step {done}/{steps}  loss {stats.loss:.4f}  lr {stats.lr:.2e}  grad norm {stats.grad_norm:.3f}  "
+                    f"{window_tokens / max(window_seconds, 1e-9):,.0f} tokens/s")
+                window_tokens, window_seconds = 0, 0.0
+            if valid_set and (done % eval_every == 0 or done == steps):
+                history.append(evaluate(net, tok, valid_set, batch_tokens, eval_docs, max_target_length, done, say))
+                _append_log(log_path, history[-1])
+            if done % save_every == 0 or done == stop:
+                path = save_checkpoint(checkpoints, done, net, opt, out, {"history": history, "settings": settings},
+                                       keep=keep_checkpoints)
+                say(f"saved {path}")
+        if stop == steps:
+            save_model_dir(net, out, out)
+            say(f"the fine-tuned model is in {out} (load it with minipegx.from_pretrained or transformers)")
+        else:
+            say(f"stopped at step {stop} of {steps}; run the same command again without --stop-at to go on")
+        return FinetuneResult(out, stop, start, history, time.perf_counter() - t_start)
+    finally:
+        os.close(lock)                                            # releases the lock
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -156,6 +160,21 @@ def load_trainable(path, backend, dtype):
     net = from_pretrained(path, backend=backend, dtype=dtype)
     make_writable(net)
     return net
+
+
+def lock_out(out: str) -> int:
+    """An exclusive flock on OUT/.lock (released by the kernel when the process dies, even by SIGKILL), so a
+    second run into the same OUT fails at once instead of interleaving checkpoints. Returns the descriptor."""
+    import fcntl
+
+    fd = os.open(os.path.join(out, ".lock"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(f"--out {out} is being written by another finetune run (it holds OUT/.lock); wait for it "
+                         "or choose another --out") from None
+    return fd
 
 
 def copy_tokenizer_files(model_dir, out) -> None:
