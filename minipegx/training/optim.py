@@ -69,14 +69,23 @@ class AdamW:
             g = g.astype(p.dtype, copy=False)
             self.t[name] += 1
             t = self.t[name]
+            # In place, through two scratch arrays, in torch's order of operations (so float64 agrees to the bit).
             if self.decays[name] and self.weight_decay != 0:
                 p *= 1 - self.lr * self.weight_decay
-            m += (1 - b1) * (g - m)                              # torch's lerp_(g, 1 - b1), weight < 0.5
+            tmp = xp.subtract(g, m)
+            tmp *= 1 - b1
+            m += tmp                                             # m + (1 - b1)(g - m): torch's lerp_, weight < 0.5
             v *= b2
-            v += (1 - b2) * g * g                                # addcmul_(g, g, value=1 - b2)
+            xp.multiply(g, 1 - b2, out=tmp)
+            tmp *= g
+            v += tmp                                             # v b2 + (1 - b2) g g: addcmul_(g, g, 1 - b2)
             step_size = self.lr / (1 - b1 ** t)
-            denom = xp.sqrt(v) / math.sqrt(1 - b2 ** t) + self.eps
-            p += (-step_size * m) / denom                        # addcdiv_(m, denom, value=-step_size)
+            xp.sqrt(v, out=tmp)
+            tmp /= math.sqrt(1 - b2 ** t)
+            tmp += self.eps                                      # denom = sqrt(v) / sqrt(1 - b2^t) + eps
+            update = xp.multiply(m, -step_size)
+            update /= tmp
+            p += update                                          # addcdiv_(m, denom, value=-step_size)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
