@@ -20,7 +20,7 @@ from minipegx.config import ACTIVATIONS, PegasusXConfig
 from minipegx.decoder import (attention_backward, attention_forward, causal_mask, decoder_layer_backward,
                               decoder_layer_forward)
 from minipegx.encoder import (encoder_layer_backward, encoder_layer_forward, global_local_attention_backward,
-                              global_local_attention_forward, stagger)
+                              global_local_attention_forward, stagger, stagger_backward, unstagger_backward)
 from minipegx.layers import (activation_backward, activation_forward, attend_backward, attend_forward,
                              embed_tokens_backward, embed_tokens_forward, erf64, ffn_backward, ffn_forward,
                              layer_norm_backward, layer_norm_forward, linear_backward, linear_forward,
@@ -184,6 +184,19 @@ def test_global_local_attention_backward(seed, B, H, D, K, N, G, staggered):
     (dx_out, dg_out), L = upstream(rng, x_out, g_out)
     dx, dg, grads = global_local_attention_backward(dx_out, dg_out, cache)
     check_gradients(lambda: L(*fwd()), {**a, **flatten_params(p)}, {"x": dx, "g": dg, **flatten_params(grads)}, rng)
+
+
+@CHECK
+@given(seed=seeds, P=st.integers(1, 9), K=st.sampled_from([2, 4, 6]))
+def test_stagger_and_unstagger_backward(seed, P, K):
+    rng = np.random.default_rng(seed)
+    x, mask = rng.standard_normal((2, P, 3)), np.zeros((2, P))
+    padded = stagger(x, mask, K)[0]                                     # [2, P+K, 3]
+    (dy,), L = upstream(rng, padded)
+    check_gradients(lambda: L(stagger(x, mask, K)[0]), {"x": x}, {"x": stagger_backward(dy, K)}, rng)
+    h = rng.standard_normal((2, P + K, 3))
+    (dy,), L = upstream(rng, h[:, K // 2:-(K // 2)])                    # the un-padding after the attention
+    check_gradients(lambda: L(h[:, K // 2:-(K // 2)]), {"h": h}, {"h": unstagger_backward(dy, K)}, rng)
 
 
 def tiny_config(M, H, K, F, act, G=2):
