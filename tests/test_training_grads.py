@@ -161,6 +161,8 @@ def test_named_parameters_are_the_models_own_arrays(tmp_path_factory):
     ref, model = models(tmp_path_factory, seed=3)
     params = named_parameters(model)
     assert set(params) == set(dict(ref.named_parameters()))
+    # PEGASUS-X's LM head has no bias: no final_logits_bias, neither parameter nor buffer (BART's has one)
+    assert not any("final_logits_bias" in n for n, _ in [*ref.named_parameters(), *ref.named_buffers()])
     w = params["model.encoder.layers.0.fc1.weight"]
     w *= 0.0                                           # an optimizer's in-place update reaches the model
     assert not model.params["model"]["encoder"]["layers"][0]["fc1"]["weight"].any()
