@@ -15,7 +15,7 @@ from .errors import BackendError
 from .tree import tree_map  # noqa: F401  (its home is tree.py; B_.tree_map kept for callers)
 
 BACKENDS = ("numpy", "cupy")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "float64")  # float64: training's gradient checks
 
 
 def _cupy_loaded():
@@ -84,11 +84,13 @@ def cupy_available() -> bool:
 
 
 def resolve_dtype(name, xp=np):
-    """The array dtype for 'float32' | 'float16' | 'bfloat16' on module xp (bf16 on NumPy via ml_dtypes)."""
+    """The array dtype for 'float32' | 'float16' | 'bfloat16' | 'float64' on module xp (bf16 on NumPy via ml_dtypes)."""
     name = getattr(name, "name", name)
     name = str(name)
     if name in ("float32", "fp32"):
         return xp.dtype("float32")
+    if name in ("float64", "fp64", "double"):
+        return xp.dtype("float64")
     if name in ("float16", "fp16", "half"):
         return xp.dtype("float16")
     if name in ("bfloat16", "bf16"):

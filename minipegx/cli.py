@@ -1,4 +1,4 @@
-"""The command line: `minipegx summarize`, `minipegx demo`, `minipegx parity`, `minipegx evaluate`.
+"""The command line: `minipegx summarize`, `minipegx demo`, `minipegx parity`, `minipegx evaluate`, `minipegx finetune`.
 
 Errors print one line (`minipegx: error: ...`) and exit non-zero, never a traceback: exit 1 for an
 error, 2 for a usage mistake, 130 for Ctrl-C at any moment (start-up and imports included), 141 when
@@ -181,6 +181,44 @@ def run_demo(args):
     return code
 
 
+def add_finetune_parser(sub):
+    """`minipegx finetune` (minipegx/training/finetune.py; docs/training.md). Values are checked there, by name."""
+    f = sub.add_parser("finetune", help="fine-tune a model on JSON-lines {text, summary} pairs (resumable)")
+    f.add_argument("--train", required=True, metavar="TRAIN.jsonl", help="JSON lines with a text and a summary")
+    f.add_argument("--valid", metavar="VALID.jsonl", help="validation pairs: loss and ROUGE at each evaluation")
+    f.add_argument("--model", help="checkpoint directory to start from (default: the bundled long demo model)")
+    f.add_argument("--out", required=True, metavar="DIR",
+                   help="where the run goes (new, empty, or this run's own folder: the same command resumes it)")
+    f.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    f.add_argument("--lr", type=number, default=1e-4, help="peak learning rate (default 1e-4)")
+    f.add_argument("--batch-tokens", type=int, default=8192,
+                   help="padded input tokens per batch at most; documents are batched by length (default 8192)")
+    f.add_argument("--text-field", default="text")
+    f.add_argument("--summary-field", default="summary")
+    f.add_argument("--skip-malformed", action="store_true", help="leave malformed lines out (listed) instead of stopping")
+    o = f.add_argument_group("optimization")
+    o.add_argument("--warmup", type=int, help="linear warmup steps (default: 10%% of --steps, at most 100)")
+    o.add_argument("--schedule", default="cosine", help="decay after warmup: cosine, linear or constant")
+    o.add_argument("--weight-decay", type=number, default=0.01, help="AdamW's, on weight matrices (default 0.01)")
+    o.add_argument("--max-grad-norm", type=number, default=1.0, help="clip the global gradient norm (0: off)")
+    o.add_argument("--label-smoothing", type=number, default=0.0, help="the paper fine-tunes with 0.1")
+    o.add_argument("--max-input-length", type=int, help="cut documents to this many tokens (default: the model's)")
+    o.add_argument("--max-target-length", type=int, default=256, help="cut summaries to this many tokens")
+    o.add_argument("--seed", type=int, default=0, help="the order of the batches")
+    o.add_argument("--recompute", action="store_true", help="recompute each layer in the backward pass (less memory)")
+    r = f.add_argument_group("evaluation, checkpoints, progress")
+    r.add_argument("--eval-every", type=int, help="steps between evaluations (default: --steps / 5)")
+    r.add_argument("--eval-docs", type=int, default=16, help="validation documents summarized for ROUGE (0: none)")
+    r.add_argument("--save-every", type=int, help="steps between checkpoints (default: --eval-every)")
+    r.add_argument("--keep-checkpoints", type=int, default=2)
+    r.add_argument("--log-every", type=int, default=10)
+    r.add_argument("--stop-at", type=int, metavar="STEP", help="stop after this step (and a checkpoint); rerun to go on")
+    r.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    r.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    return f
+
+
 def _main(argv=None):
     ap = argparse.ArgumentParser(prog="minipegx", description="PEGASUS-X in NumPy/CuPy: summarize long documents.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -200,11 +238,15 @@ def _main(argv=None):
     e.add_argument("--out", required=True, help="the HTML file to write")
     e.add_argument("--model", help="checkpoint directory (default: the bundled demo model)")
     e.add_argument("--no-summary", action="store_true", help="skip generating a summary and its cross-attention")
+    add_finetune_parser(sub)
     args = ap.parse_args(argv)
     _COMMAND[:] = [args.command]
     try:
         if stdout_closed() and not (args.command == "summarize" and args.input):
             raise MiniPegxError("standard output is closed; redirect it to a file (> out.txt)")
+        if args.command == "finetune":
+            from .training.finetune import run_cli
+            return run_cli(args)
         if args.command == "parity":
             from .parity import main as parity_main
             return parity_main([args.checkpoint, "--text", args.text, "--steps", str(args.steps)])

@@ -208,3 +208,139 @@ def decoder(params, config, kvs, cross_mask, input_ids=None, inputs_embeds=None,
         hidden_states.append(x)
     return x, tuple(new_caches), tuple(hidden_states) if output_hidden_states else None, \
         tuple(self_probs), tuple(cross_probs)
+
+
+# ================================================================================= backward passes (training)
+# x_forward(...) -> (outputs, cache) and x_backward(d outputs, cache) -> (d inputs, grads), beside the inference
+# functions above (layers.py explains the convention; minipegx.training runs them). Training sees every step
+# at once, so there is no key/value cache: the causal mask does its work.
+from typing import NamedTuple  # noqa: E402  (the training section's own imports, kept beside it)
+
+from .layers import (AttendCache, EmbedCache, FfnCache, LayerNormCache, LinearCache, attend_backward,  # noqa: E402
+                     attend_forward, embed_tokens_backward, embed_tokens_forward, ffn_backward, ffn_forward,
+                     layer_norm_backward, layer_norm_forward, linear_backward, linear_forward)
+
+
+class AttentionCache(NamedTuple):
+    """What attention_backward reads: the four projections' caches and the heads' attention."""
+    q: LinearCache                             # q_proj of the queries' input [B, S, M]
+    k: LinearCache                             # k_proj of the keys' input [B, C, M] (C = S, or T encoder tokens)
+    v: LinearCache
+    attend: AttendCache                        # the heads' softmax(q k^T D^-1/2 + mask) v
+    out: LinearCache                           # out_proj's input [B, S, M]
+
+
+def attention_forward(x, kv_input, p, num_heads, mask):
+    """The decoder's attention with its cache: queries from x [B, S, M], keys and values from kv_input
+    [B, C, M] (x itself for self-attention, the encoder's output for cross-attention), mask additive
+    broadcastable to [B, H, S, C]. Returns [B, S, M], cache."""
+    D = x.shape[-1] // num_heads
+    q, cq = linear_forward(x, p["q_proj"]["weight"])                       # [B, S, M]
+    k, ck = linear_forward(kv_input, p["k_proj"]["weight"])                # [B, C, M]
+    v, cv = linear_forward(kv_input, p["v_proj"]["weight"])                # [B, C, M]
+    out, ca = attend_forward(split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads),
+                             mask, D ** -0.5)                              # [B, H, S, D]
+    out, co = linear_forward(merge_heads(out), p["out_proj"]["weight"])    # [B, S, M]
+    return out, AttentionCache(cq, ck, cv, ca, co)
+
+
+def attention_backward(dout, cache):
+    """dout [B, S, M] -> d queries' input [B, S, M], d keys' input [B, C, M] and
+    {q_proj, k_proj, v_proj, out_proj: {"weight"}} (for self-attention the caller adds the two inputs')."""
+    dheads, g_out = linear_backward(dout, cache.out, bias=False)           # [B, S, M]
+    H = cache.attend.q.shape[1]
+    dq, dk, dv = attend_backward(split_heads(dheads, H), cache.attend)     # [B, H, S, D], [B, H, C, D] x 2
+    dx, g_q = linear_backward(merge_heads(dq), cache.q, bias=False)        # [B, S, M]
+    dkv, g_k = linear_backward(merge_heads(dk), cache.k, bias=False)       # [B, C, M]
+    dkv_v, g_v = linear_backward(merge_heads(dv), cache.v, bias=False)
+    dkv += dkv_v
+    return dx, dkv, {"q_proj": g_q, "k_proj": g_k, "v_proj": g_v, "out_proj": g_out}
+
+
+class DecoderLayerCache(NamedTuple):
+    """What decoder_layer_backward reads: each sub-block's cache."""
+    self_norm: LayerNormCache
+    self_attn: AttentionCache
+    cross_norm: LayerNormCache
+    cross_attn: AttentionCache
+    final_norm: LayerNormCache
+    ffn: FfnCache
+
+
+def decoder_layer_forward(x, enc, p, config, self_mask, cross_mask):
+    """decoder_layer with its cache: x [B, S, M], enc the encoder's output [B, T, M] -> x [B, S, M], cache."""
+    H = config.decoder_attention_heads
+    h, c1 = layer_norm_forward(x, p["self_attn_layer_norm"])
+    h, c2 = attention_forward(h, h, p["self_attn"], H, self_mask)          # causal self-attention
+    x = x + h
+    h, c3 = layer_norm_forward(x, p["encoder_attn_layer_norm"])
+    h, c4 = attention_forward(h, enc, p["encoder_attn"], H, cross_mask)    # cross-attention
+    x = x + h
+    h, c5 = layer_norm_forward(x, p["final_layer_norm"])
+    h, c6 = ffn_forward(h, p, config.activation_function)
+    return x + h, DecoderLayerCache(c1, c2, c3, c4, c5, c6)
+
+
+def decoder_layer_backward(dx, cache):
+    """dx [B, S, M] -> dx [B, S, M], d encoder output [B, T, M] and the layer's gradients."""
+    dh, grads = ffn_backward(dx, cache.ffn)
+    dh, grads["final_layer_norm"] = layer_norm_backward(dh, cache.final_norm)
+    dx = dx + dh
+    dh, denc, grads["encoder_attn"] = attention_backward(dx, cache.cross_attn)
+    dh, grads["encoder_attn_layer_norm"] = layer_norm_backward(dh, cache.cross_norm)
+    dx = dx + dh
+    dq, dkv, grads["self_attn"] = attention_backward(dx, cache.self_attn)
+    dh, grads["self_attn_layer_norm"] = layer_norm_backward(dq + dkv, cache.self_norm)  # h was queries and keys
+    return dx + dh, denc, grads
+
+
+class DecoderCache(NamedTuple):
+    """What decoder_backward reads."""
+    embed: EmbedCache
+    layers: list                               # per layer its DecoderLayerCache, or its input x to recompute it
+    enc: object                                # [B, T, M] the encoder's output (keys and values of every layer)
+    self_mask: object                          # [B or 1, 1, S, S] additive, causal
+    cross_mask: object                         # [B, 1, 1, T] additive
+    final_norm: LayerNormCache
+    params: dict                               # the tree under "model"
+    config: object
+
+
+def decoder_forward(params, config, decoder_input_ids, enc, cross_mask, decoder_attention_mask=None,
+                    recompute=False):
+    """decoder() for training, every step at once: ids [B, S], enc [B, T, M], cross_mask [B, 1, 1, T] ->
+    hidden [B, S, M] after the final layer norm, cache (recompute: as encoder_forward)."""
+    p = params["decoder"]
+    scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
+    table = p.get("embed_tokens", params["shared"])["weight"]             # [V, M]
+    x, c_embed = embed_tokens_forward(decoder_input_ids, table, scale)     # [B, S, M]
+    xp, dtype = array_module(x), x.dtype
+    _, S, M = x.shape
+    x = x + sinusoidal_positions(0, S, M, xp, dtype)                       # [B, S, M]
+    self_mask = causal_mask(S, 0, dtype, xp, decoder_attention_mask)       # [B or 1, 1, S, S]
+    caches = []
+    for layer_p in p["layers"]:
+        inputs = x
+        x, c = decoder_layer_forward(x, enc, layer_p, config, self_mask, cross_mask)
+        caches.append(inputs if recompute else c)
+        del c
+    h, c_norm = layer_norm_forward(x, p["layer_norm"])                     # [B, S, M]
+    return h, DecoderCache(c_embed, caches, enc, self_mask, cross_mask, c_norm, params, config)
+
+
+def decoder_backward(dh, cache):
+    """dh [B, S, M] -> (the decoder's gradients, d encoder output [B, T, M] summed over the layers, the token
+    table's gradient [V, M])."""
+    xp = array_module(dh)
+    p, config = cache.params["decoder"], cache.config
+    dx, g_norm = layer_norm_backward(dh, cache.final_norm)                 # [B, S, M]
+    denc = xp.zeros_like(cache.enc)                                        # [B, T, M]
+    layers = [None] * len(cache.layers)
+    for i in reversed(range(len(cache.layers))):
+        c = cache.layers[i]
+        if not isinstance(c, DecoderLayerCache):                           # recompute the layer's forward
+            _, c = decoder_layer_forward(c, cache.enc, p["layers"][i], config, cache.self_mask, cache.cross_mask)
+        dx, d, layers[i] = decoder_layer_backward(dx, c)
+        denc += d                                                          # every layer reads the encoder's output
+    dtable = embed_tokens_backward(dx, cache.embed, config.pad_token_id)
+    return {"layers": layers, "layer_norm": g_norm}, denc, dtable

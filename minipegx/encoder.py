@@ -178,3 +178,236 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
         hidden_states.append((x, g))
     return (x, tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None)
+
+
+# ================================================================================= backward passes (training)
+# x_forward(...) -> (outputs, cache) and x_backward(d outputs, cache) -> (d inputs, grads), beside the inference
+# functions above, which stay as they are (layers.py explains the convention; minipegx.training runs them).
+# The training forward computes all blocks at once, as the reference does: its caches keep every block's
+# probabilities anyway, so the block-by-block loop above would save nothing here.
+from typing import NamedTuple  # noqa: E402  (the training section's own imports, kept beside it)
+
+from .layers import (EmbedCache, FfnCache, LayerNormCache, LinearCache, add_grads,  # noqa: E402
+                     embed_tokens_backward, embed_tokens_forward, ffn_backward, ffn_forward, layer_norm_backward,
+                     layer_norm_forward, linear_backward, linear_forward, merge_heads, softmax_backward)
+
+class GlobalLocalCache(NamedTuple):
+    """What global_local_attention_backward reads."""
+    proj: tuple                                # (q, k, v) LinearCaches of the joint [B, G+P, M] input
+    q: object                                  # [B, H, G+P, D] queries, pre-scaled by D^-1/2
+    k: object                                  # [B, H, G+P, D]
+    v: object                                  # [B, H, G+P, D]
+    global_probs: object                       # [B, H, G, G+P]
+    local_probs: object                        # [B, H, N, K, G+K]
+    out: LinearCache                           # out_proj's input [B, G+P, M] (heads merged)
+
+
+def block_keys(k, G, K):
+    """Each block's keys: the G global ones, then the block's own K. k [B, H, G+P, D] -> [B, H, N, G+K, D]."""
+    xp = array_module(k)
+    B, H, GP, D = k.shape
+    N = (GP - G) // K
+    kg = xp.broadcast_to(k[:, :, None, :G], (B, H, N, G, D))               # [B, H, N, G, D] (a view)
+    return xp.concatenate([kg, k[:, :, G:].reshape(B, H, N, K, D)], axis=3)  # [B, H, N, G+K, D]
+
+
+def global_local_attention_forward(x, g, mask, p, num_heads, block_size):
+    """global_local_attention with its cache. x [B, P, M] tokens, g [B, G, M] global tokens, mask [B, P]
+    additive. Returns (token output [B, P, M], global output [B, G, M]), cache."""
+    xp = array_module(x)
+    B, P, M = x.shape
+    G, H, K = g.shape[1], num_heads, block_size
+    N, D = P // K, M // H
+    both = xp.concatenate([g, x], axis=1)                                  # [B, G+P, M] globals first
+    q, cq = linear_forward(both, p["q_proj"]["weight"])                    # [B, G+P, M]
+    k, ck = linear_forward(both, p["k_proj"]["weight"])
+    v, cv = linear_forward(both, p["v_proj"]["weight"])
+    q = split_heads(q, H) * D ** -0.5                                      # [B, H, G+P, D] pre-scaled
+    k, v = split_heads(k, H), split_heads(v, H)                            # [B, H, G+P, D]
+
+    # Global tokens: every global token and every unmasked token.
+    global_mask = xp.concatenate([xp.zeros((B, G), mask.dtype), mask], axis=1)  # [B, G+P]
+    s = q[:, :, :G] @ k.swapaxes(-1, -2)                                   # [B, H, G, D] @ [B, H, D, G+P]
+    s += global_mask[:, None, None, :]
+    global_probs = softmax(s)                                              # [B, H, G, G+P] (in place on s)
+    global_out = global_probs @ v                                          # [B, H, G, G+P] @ [B, H, G+P, D]
+
+    # Tokens: each block of K queries, against the G global keys and then its own block's K keys.
+    qb = q[:, :, G:].reshape(B, H, N, K, D)                                # [B, H, N, K, D]
+    local_mask = xp.concatenate([xp.zeros((B, N, G), mask.dtype), mask.reshape(B, N, K)], axis=-1)  # [B, N, G+K]
+    s = qb @ block_keys(k, G, K).swapaxes(-1, -2)                          # [B, H, N, K, D] @ [B, H, N, D, G+K]
+    s += local_mask[:, None, :, None, :]
+    local_probs = softmax(s)                                               # [B, H, N, K, G+K] (in place on s)
+    local_out = local_probs @ block_keys(v, G, K)                          # [B, H, N, K, G+K] @ [B, H, N, G+K, D]
+
+    heads = xp.concatenate([global_out, local_out.reshape(B, H, P, D)], axis=2)  # [B, H, G+P, D]
+    out, co = linear_forward(merge_heads(heads), p["out_proj"]["weight"])  # [B, G+P, M]
+    cache = GlobalLocalCache((cq, ck, cv), q, k, v, global_probs, local_probs, co)
+    return (out[:, G:], out[:, :G]), cache
+
+
+def global_local_attention_backward(dx_out, dg_out, cache):
+    """d token output [B, P, M], d global output [B, G, M] -> dx [B, P, M], dg [B, G, M] and
+    {q_proj, k_proj, v_proj, out_proj: {"weight"}}. A global key or value serves every block and the
+    global queries: its gradient sums all their shares. Tokens and global tokens share the projections,
+    so their gradients are one product over the joint [B, G+P] rows."""
+    xp = array_module(dx_out)
+    q, k, v, global_probs, local_probs = cache.q, cache.k, cache.v, cache.global_probs, cache.local_probs
+    B, H, N, K, GK = local_probs.shape
+    G, D, P = GK - K, q.shape[-1], N * K
+    dout = xp.concatenate([dg_out, dx_out], axis=1)                        # [B, G+P, M]
+    dmerged, g_out = linear_backward(dout, cache.out, bias=False)          # [B, G+P, M]
+    dheads = split_heads(dmerged, H)                                       # [B, H, G+P, D]
+
+    # Tokens' blocks: local_out = local_probs @ block values.
+    dlocal = dheads[:, :, G:].reshape(B, H, N, K, D)                       # [B, H, N, K, D]
+    dprobs = dlocal @ block_keys(v, G, K).swapaxes(-1, -2)                 # [B, H, N, K, D] @ [B, H, N, D, G+K]
+    dvb = local_probs.swapaxes(-1, -2) @ dlocal                            # [B, H, N, G+K, K] @ [B, H, N, K, D]
+    ds = softmax_backward(dprobs, local_probs)                             # [B, H, N, K, G+K]
+    dqb = ds @ block_keys(k, G, K)                                         # [B, H, N, K, G+K] @ [B, H, N, G+K, D]
+    dkb = ds.swapaxes(-1, -2) @ q[:, :, G:].reshape(B, H, N, K, D)         # [B, H, N, G+K, K] @ [B, H, N, K, D]
+    dq = xp.concatenate([xp.zeros_like(q[:, :, :G]), dqb.reshape(B, H, P, D)], axis=2)  # [B, H, G+P, D]
+    dk = xp.concatenate([dkb[:, :, :, :G].sum(axis=2),                     # [B, H, G, D] every block's share
+                         dkb[:, :, :, G:].reshape(B, H, P, D)], axis=2)    # [B, H, G+P, D]
+    dv = xp.concatenate([dvb[:, :, :, :G].sum(axis=2), dvb[:, :, :, G:].reshape(B, H, P, D)], axis=2)
+
+    # Global tokens: global_out = global_probs @ v over all G+P keys.
+    dglobal = dheads[:, :, :G]                                             # [B, H, G, D]
+    dv += global_probs.swapaxes(-1, -2) @ dglobal                          # [B, H, G+P, G] @ [B, H, G, D]
+    ds = softmax_backward(dglobal @ v.swapaxes(-1, -2), global_probs)      # [B, H, G, D] @ [B, H, D, G+P]
+    dq[:, :, :G] += ds @ k                                                 # [B, H, G, G+P] @ [B, H, G+P, D]
+    dk += ds.swapaxes(-1, -2) @ q[:, :, :G]                                # [B, H, G+P, G] @ [B, H, G, D]
+
+    # The projections of the joint rows (q was pre-scaled: d(q_proj output) = dq * D^-1/2).
+    dboth, g_q = linear_backward(merge_heads(dq * D ** -0.5), cache.proj[0], bias=False)  # [B, G+P, M]
+    dboth_k, g_k = linear_backward(merge_heads(dk), cache.proj[1], bias=False)
+    dboth_v, g_v = linear_backward(merge_heads(dv), cache.proj[2], bias=False)
+    dboth += dboth_k
+    dboth += dboth_v
+    grads = {"q_proj": g_q, "k_proj": g_k, "v_proj": g_v, "out_proj": g_out}
+    return dboth[:, G:], dboth[:, :G], grads
+
+
+def stagger_backward(dh, block_size):
+    """Through stagger's padding of K/2 positions at both ends: [B, P+K, M] -> [B, P, M]."""
+    h = stagger_shift(block_size, staggered=True)
+    return dh[:, h:-h]
+
+
+def unstagger_backward(dh, block_size):
+    """Through the un-padding after a staggered attention (h[:, K/2:-K/2]): [B, P, M] -> [B, P+K, M], zeros
+    at the padded ends (their outputs are dropped)."""
+    xp = array_module(dh)
+    h = stagger_shift(block_size, staggered=True)
+    return xp.pad(dh, ((0, 0), (h, h), (0, 0)))
+
+
+class EncoderLayerCache(NamedTuple):
+    """What encoder_layer_backward reads: each sub-block's cache and the layer's layout."""
+    norm: LayerNormCache                       # self_attn_layer_norm, tokens
+    global_norm: LayerNormCache                # global_self_attn_layer_norm
+    attention: GlobalLocalCache
+    final_norm: LayerNormCache                 # final_layer_norm, tokens
+    ffn: FfnCache
+    global_final_norm: LayerNormCache          # the same final_layer_norm, global tokens
+    global_ffn: FfnCache
+    staggered: bool
+    block_size: int
+
+
+def encoder_layer_forward(x, g, mask, p, config, staggered):
+    """encoder_layer with its cache: x [B, P, M], g [B, G, M], mask [B, P] -> (x, g), cache."""
+    K = config.block_size
+    h, c_norm = layer_norm_forward(x, p["self_attn_layer_norm"])           # [B, P, M]
+    hg, c_gnorm = layer_norm_forward(g, p["global_self_attn_layer_norm"])  # [B, G, M]
+    if staggered:
+        h, mask = stagger(h, mask, K)                                      # [B, P+K, M]
+    (h, hg), c_att = global_local_attention_forward(h, hg, mask, p["self_attn"], config.encoder_attention_heads, K)
+    if staggered:
+        shift = stagger_shift(K, staggered)
+        h = h[:, shift:-shift]                                             # [B, P, M]
+    x = x + h
+    g = g + hg
+    h, c_fnorm = layer_norm_forward(x, p["final_layer_norm"])
+    h, c_ffn = ffn_forward(h, p, config.activation_function)
+    hg, c_gfnorm = layer_norm_forward(g, p["final_layer_norm"])
+    hg, c_gffn = ffn_forward(hg, p, config.activation_function)
+    cache = EncoderLayerCache(c_norm, c_gnorm, c_att, c_fnorm, c_ffn, c_gfnorm, c_gffn, staggered, K)
+    return (x + h, g + hg), cache
+
+
+def encoder_layer_backward(dx, dg, cache):
+    """dx [B, P, M], dg [B, G, M] (gradients of the layer's outputs) -> dx, dg of its inputs and the layer's
+    gradients under its checkpoint names. The FFN and final_layer_norm serve tokens and global tokens:
+    their gradients accumulate."""
+    dh, grads = ffn_backward(dx, cache.ffn)                                # [B, P, M]
+    dh, grads["final_layer_norm"] = layer_norm_backward(dh, cache.final_norm)
+    dx = dx + dh                                                           # residual
+    dh, g_ffn = ffn_backward(dg, cache.global_ffn)                         # [B, G, M]
+    dh, g_norm = layer_norm_backward(dh, cache.global_final_norm)
+    add_grads(grads, {**g_ffn, "final_layer_norm": g_norm})
+    dg = dg + dh
+    dh = unstagger_backward(dx, cache.block_size) if cache.staggered else dx  # [B, P(+K), M]
+    dh, dhg, grads["self_attn"] = global_local_attention_backward(dh, dg, cache.attention)
+    if cache.staggered:
+        dh = stagger_backward(dh, cache.block_size)                        # [B, P, M]
+    dh, grads["self_attn_layer_norm"] = layer_norm_backward(dh, cache.norm)
+    dhg, grads["global_self_attn_layer_norm"] = layer_norm_backward(dhg, cache.global_norm)
+    return dx + dh, dg + dhg, grads
+
+
+class EncoderCache(NamedTuple):
+    """What encoder_backward reads."""
+    embed: EmbedCache
+    layers: list                               # per layer its EncoderLayerCache, or its inputs (x, g) to recompute it
+    mask: object                               # [B, P] additive
+    final_norm: LayerNormCache
+    params: dict                               # the tree under "model" (read again when recomputing)
+    config: object
+
+
+def encoder_forward(params, config, input_ids, attention_mask, recompute=False):
+    """encoder() for training: ids [B, T], 1/0 mask [B, T] -> last hidden state [B, T, M], cache.
+    recompute=True keeps only each layer's inputs, [B, P, M] and [B, G, M], and runs the layer's forward
+    again inside the backward (activation recomputation: one layer's intermediates alive at a time)."""
+    p = params["encoder"]
+    scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
+    table = p.get("embed_tokens", params["shared"])["weight"]             # [V, M] tied unless untied
+    x, c_embed = embed_tokens_forward(input_ids, table, scale)             # [B, T, M]
+    xp, dtype = array_module(x), x.dtype
+    B, T, M = x.shape
+    x = x + sinusoidal_positions(0, T, M, xp, dtype)                       # [B, T, M]
+    mask = additive_mask(attention_mask, dtype, xp)                        # [B, T]
+    pad = padded_length(T, config.block_size) - T
+    x = xp.pad(x, ((0, 0), (0, pad), (0, 0)))                              # [B, P, M]
+    mask = xp.pad(mask, ((0, 0), (0, pad)), constant_values=finfo(dtype).min)  # [B, P]
+    g = xp.broadcast_to(p["embed_global"]["weight"], (B,) + p["embed_global"]["weight"].shape)  # [B, G, M]
+    caches = []
+    for i, layer_p in enumerate(p["layers"]):
+        inputs = (x, g)
+        (x, g), c = encoder_layer_forward(x, g, mask, layer_p, config, config.is_staggered(i))
+        caches.append(inputs if recompute else c)
+        del c                                                              # recompute: this layer's cache dies here
+    h, c_norm = layer_norm_forward(x[:, :T], p["layer_norm"])              # [B, T, M] tokens only
+    return h, EncoderCache(c_embed, caches, mask, c_norm, params, config)
+
+
+def encoder_backward(dh, cache):
+    """dh [B, T, M] -> (the encoder's gradients under its checkpoint names, the token table's gradient
+    [V, M]: the caller adds it to the tied table's)."""
+    xp = array_module(dh)
+    config, p = cache.config, cache.params["encoder"]
+    B, T, M = dh.shape
+    dx, g_norm = layer_norm_backward(dh, cache.final_norm)                 # [B, T, M]
+    P = cache.mask.shape[1]
+    dx = xp.pad(dx, ((0, 0), (0, P - T), (0, 0)))                          # [B, P, M] the padding's is 0
+    dg = xp.zeros((B,) + p["embed_global"]["weight"].shape, dh.dtype)      # [B, G, M]
+    layers = [None] * len(cache.layers)
+    for i in reversed(range(len(cache.layers))):
+        c = cache.layers[i]
+        if not isinstance(c, EncoderLayerCache):                           # recompute the layer's forward
+            _, c = encoder_layer_forward(*c, cache.mask, p["layers"][i], config, config.is_staggered(i))
+        dx, dg, layers[i] = encoder_layer_backward(dx, dg, c)
+    grads = {"layers": layers, "layer_norm": g_norm, "embed_global": {"weight": dg.sum(axis=0)}}  # [G, M]
+    dtable = embed_tokens_backward(dx[:, :T], cache.embed, config.pad_token_id)  # positions are constants
+    return grads, dtable

@@ -273,9 +273,9 @@ def from_pretrained(path, backend="numpy", dtype="float32", quantize=None) -> Pe
     safetensors or pytorch_model.bin), weights moved to `backend` ('numpy' | 'cupy') once, in `dtype`.
 
     path=None loads the bundled default demo model, demo_model_path("long"). dtype: 'float32' | 'float16' |
-    'bfloat16', the compute dtype (docs/precision.md). quantize: None | 'int8' | 'nf4', weight-only
-    quantization of every linear layer (quantize.py); a directory written by checkpoint.save_quantized
-    (or save_pretrained(dir, quantized="packed")) loads quantized as saved."""
+    'bfloat16', the compute dtype (docs/precision.md), or 'float64' for gradient checks (docs/backward.md).
+    quantize: None | 'int8' | 'nf4', weight-only quantization of every linear layer (quantize.py); a directory
+    written by checkpoint.save_quantized (or save_pretrained(dir, quantized="packed")) loads quantized as saved."""
     from .checkpoint import load_params
     from .checkpoint.names import require_float
     from .tree import flatten_params, unflatten_params

@@ -32,7 +32,8 @@ def cells(notebook):
 
 def test_every_notebook_is_a_py_source_paired_with_an_ipynb():
     assert SOURCES == ["01_architecture.py", "02_attention.py", "03_decoding.py",
-                       "04_parity_exercise.py", "05_long_inputs.py", "06_ablations.py", "08_long_adaptation.py"]
+                       "04_parity_exercise.py", "05_long_inputs.py", "06_ablations.py", "07_training.py",
+                       "08_long_adaptation.py"]
     ipynbs = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert ipynbs == [s.replace(".py", ".ipynb") for s in SOURCES]
     assert 'formats = "ipynb,py:percent"' in (NOTEBOOKS / "jupytext.toml").read_text(encoding="utf-8")

@@ -1,0 +1,222 @@
+#!/usr/bin/env python
+"""One training step, minipegx beside torch + transformers, in one run, on one machine, with one thread count.
+
+    python -m benchmarks.train_bench --only demo            # the demo model's shape: about a minute on 2 cores
+    python -m benchmarks.train_bench                        # demo, then pegasus-x-base at 4k and 16k tokens
+    python -m benchmarks.train_bench --backend cupy --device cuda      # on a GPU (CuPy beside torch CUDA)
+
+A step is what fine-tuning does: the loss and every gradient, clipping at global norm 1.0 and one AdamW update
+(minipegx.training.train_step against model(...).loss.backward(), clip_grad_norm_ and torch.optim.AdamW). The
+weights are random (benchmarks/random_checkpoint.py, the reference's init) in float32, dropout 0, the labels
+S random tokens. minipegx runs with and without recomputation (each encoder and decoder layer keeps only its
+input in the forward and recomputes itself in the backward); torch eagerly, keeping every activation.
+
+Each configuration runs in its own fresh process (this file with --worker; the thread count set in its
+environment before NumPy or torch loads, as benchmarks/bench.py does), so one library's allocations never
+count in the other's memory. One warm-up step (it also allocates AdamW's moments), then the peak of resident
+memory is reset and `--repeat` steps are timed: peak memory holds the weights, the two moments and everything a
+step allocates. On a GPU the peak is torch's max_memory_allocated and CuPy's memory pool size.
+
+Results: a table of ratios (minipegx / torch, below 1 is faster or smaller) and benchmarks/results/train-<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# The bundled demo models' shape (tools/train_demo.py MODEL, vocabulary of the first one).
+DEMO = dict(vocab_size=784, d_model=128, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=512, block_size=64, num_global_tokens=16)
+# name: (shape, batch rows B, input tokens T, label tokens S). The demo row is one of its recipe's batches
+# (8,000 tokens of 2,000-token documents); base is one document per step, as a 16k-token fine-tune runs.
+CASES = {"demo": ("demo", 4, 2000, 64), "base-4k": ("base", 1, 4096, 128), "base-16k": ("base", 1, 16384, 128),
+         "toy": ("toy", 2, 64, 8)}          # toy: the smoke test's, seconds; not run by default
+DEFAULT = ("demo", "base-4k", "base-16k")
+
+
+def write_checkpoint(shape, directory):
+    from benchmarks.bench import COMMON, SHAPES
+    from benchmarks.random_checkpoint import write_random_checkpoint
+
+    config = {**COMMON, **(DEMO if shape == "demo" else SHAPES[shape])}
+    write_random_checkpoint(directory, config, seed=0)
+    return config
+
+
+# ============================================================================== worker side
+def inputs(B, T, S, vocab, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, size=(B, T))                       # [B, T]
+    mask = np.ones((B, T), np.int64)                                # [B, T]
+    if B > 1:                                                       # the last row padded by a tenth
+        mask[-1, T - T // 10:] = 0
+        ids[-1, T - T // 10:] = 0
+    labels = rng.integers(5, vocab, size=(B, S))                    # [B, S]
+    return ids, mask, labels
+
+
+def worker(job):
+    from benchmarks.bench import memory_now, peak_reset
+
+    B, T, S = job["B"], job["T"], job["S"]
+    ids, mask, labels = inputs(B, T, S, job["config"]["vocab_size"])
+    cuda = job["device"] == "cuda"
+    if job["side"] == "minipegx":
+        import minipegx
+        from minipegx.training import AdamW, Batch, train_step
+
+        model = minipegx.from_pretrained(job["ckpt"], backend="cupy" if cuda else "numpy")
+        opt = AdamW(model, lr=1e-5)
+        xp = model.xp
+        batch = Batch(xp.asarray(ids), xp.asarray(mask), xp.asarray(labels))
+
+        def step():
+            return train_step(model, opt, batch, max_grad_norm=1.0, recompute=job["recompute"]).loss
+
+        def sync():
+            if cuda:
+                xp.cuda.Device().synchronize()
+
+        def device_peak():
+            return xp.get_default_memory_pool().total_bytes() if cuda else None
+    else:
+        import torch
+        import transformers
+
+        torch.set_num_threads(job["threads"])
+        dev = "cuda" if cuda else "cpu"
+        model = transformers.PegasusXForConditionalGeneration.from_pretrained(job["ckpt"]).to(dev).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        tids, tmask, tlabels = (torch.tensor(a, device=dev) for a in (ids, mask, labels))
+
+        def step():
+            loss = model(input_ids=tids, attention_mask=tmask, labels=tlabels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            return loss.item()
+
+        def sync():
+            if cuda:
+                torch.cuda.synchronize()
+
+        def device_peak():
+            return torch.cuda.max_memory_allocated() if cuda else None
+
+    first_loss = step()
+    sync()
+    if cuda and job["side"] != "minipegx":
+        torch.cuda.reset_peak_memory_stats()
+    reset = peak_reset()
+    times = []
+    for _ in range(job["repeat"]):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    rss, hwm = memory_now()
+    return dict(first_loss=first_loss, times=times, seconds=min(times), median=statistics.median(times),
+                peak_rss=hwm if reset else None, rss_end=rss, device_peak_bytes=device_peak(),
+                load=os.getloadavg()[0])
+
+
+# ============================================================================== parent side
+def run_worker(job, timeout):
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[var] = str(job["threads"])
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        cmd = [sys.executable, "-m", "benchmarks.train_bench", "--worker", json.dumps(job), "--result-file", out.name]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"worker {job['side']} {job['case']} recompute={job['recompute']} failed:\n"
+                               f"{proc.stderr[-3000:]}")
+        return {**job, **json.load(out)}
+
+
+def table(results):
+    """Rows: per case, torch's step, then minipegx's without and with recomputation, with the ratios."""
+    lines = ["| case | library | step (s) | ratio | peak memory (GiB) | ratio |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for case in dict.fromkeys(r["case"] for r in results):
+        rows = [r for r in results if r["case"] == case]
+        ref = next((r for r in rows if r["side"] == "torch"), None)
+        for r in rows:
+            mem = r["device_peak_bytes"] if r["device"] == "cuda" else r["peak_rss"]
+            ref_mem = None if ref is None else (ref["device_peak_bytes"] if r["device"] == "cuda" else ref["peak_rss"])
+            name = r["side"] + (" (recompute)" if r["recompute"] else "")
+            t_ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
+            m_ratio = f"{mem / ref_mem:.2f}" if ref and mem and ref_mem else "-"
+            lines.append(f"| {case} | {name} | {r['seconds']:.3f} | {t_ratio} | "
+                         f"{(mem or 0) / 2**30:.2f} | {m_ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=sorted(CASES),
+                    help=f"run only these cases (default: {', '.join(DEFAULT)})")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="timed steps per configuration (after one warm-up)")
+    ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per configuration")
+    ap.add_argument("--name", default=None, help="results file: benchmarks/results/train-<name>.json")
+    ap.add_argument("--out", help="write the results JSON here instead")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--result-file", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        with open(args.result_file, "w") as f:
+            json.dump(worker(json.loads(args.worker)), f)
+        return 0
+    if (args.backend == "cupy") != (args.device == "cuda"):
+        ap.error("--backend cupy goes with --device cuda (and numpy with cpu)")
+
+    from benchmarks.bench import machine
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = {}
+        for case in args.only or DEFAULT:
+            shape, B, T, S = CASES[case]
+            ckpt = os.path.join(tmp, shape)
+            if shape not in configs:
+                configs[shape] = write_checkpoint(shape, ckpt)
+            for side, recompute in (("torch", False), ("minipegx", False), ("minipegx", True)):
+                job = dict(case=case, side=side, recompute=recompute, ckpt=ckpt, config=configs[shape], B=B, T=T,
+                           S=S, threads=args.threads, repeat=args.repeat, device=args.device)
+                r = run_worker(job, args.timeout)
+                results.append(r)
+                print(f"{case:9s} {side:8s} recompute={recompute!s:5s}  {r['seconds']:.3f} s/step  "
+                      f"peak {(r['device_peak_bytes'] or r['peak_rss'] or 0) / 2**30:.2f} GiB  "
+                      f"loss {r['first_loss']:.4f}", flush=True)
+    print()
+    print(table(results))
+    name = args.name or f"{args.device}-{args.threads}thread" + ("" if args.only is None else "-" + "-".join(args.only))
+    path = args.out or os.path.join(HERE, "results", f"train-{name}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"machine": machine(args), "results": [{k: v for k, v in r.items() if k not in ("config", "ckpt")}
+                                                         for r in results]}, f, indent=1)
+    print(f"\nwritten to {os.path.relpath(path, ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
