@@ -173,6 +173,19 @@ def test_saving_over_the_folder_the_model_came_from_needs_overwrite(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_a_model_whose_folder_was_removed_still_saves_with_a_tokenizer(tmp_path):
+    """A model loaded from a folder that is gone since (a rotated training checkpoint, a temporary download)
+    has nothing left to protect: save_pretrained writes, with the tokenizer it is given."""
+    folder = tmp_path / "gone"
+    shutil.copytree(minipegx.demo_model_path("short"), folder)
+    model = minipegx.from_pretrained(folder)
+    tok = minipegx.Tokenizer.from_pretrained(minipegx.demo_model_path("short"))
+    shutil.rmtree(folder)
+    (tmp_path / "new").mkdir()                                  # an existing folder, as a training run's OUT
+    saved = model.save_pretrained(tmp_path / "new", tokenizer=tok)
+    assert HF_FILES <= set(os.listdir(saved))
+
+
 def test_a_file_in_the_way_is_a_clear_error(changed, tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(CheckpointError, match="is a file"):

@@ -93,8 +93,11 @@ def test_a_resumed_run_takes_the_same_steps_with_the_same_losses(tiny_dir, corpu
     whole = run(tiny_dir, corpus, tmp_path / "whole", save_every=3)
     first = run(tiny_dir, corpus, tmp_path / "parts", save_every=3, stop_at=4)
     assert first.steps_done == 4 and not os.path.exists(tmp_path / "parts" / "model.safetensors")
-    second = run(tiny_dir, corpus, tmp_path / "parts", save_every=3)
+    # saving every step and keeping one checkpoint removes the one it resumed from as it goes: nothing may
+    # still need that folder (the tokenizer is read from OUT)
+    second = run(tiny_dir, corpus, tmp_path / "parts", save_every=1, keep_checkpoints=1)
     assert second.resumed_from == 4
+    assert os.listdir(tmp_path / "parts" / "checkpoints") == ["step-000006"]
     assert losses(second) == losses(whole)
     a = minipegx.from_pretrained(tmp_path / "whole").params
     b = minipegx.from_pretrained(tmp_path / "parts").params
@@ -124,6 +127,37 @@ def test_the_output_loads_in_minipegx_and_transformers_with_equal_logits(tiny_di
     trained = minipegx.from_pretrained(tmp_path / "out").params["model"]["shared"]["weight"]
     start = minipegx.from_pretrained(tiny_dir).params["model"]["shared"]["weight"]
     assert not np.array_equal(trained, start)
+
+
+def test_the_output_and_every_checkpoint_are_save_pretrained_folders(tiny_dir, corpus, tmp_path):
+    """One writer for every save: the model's save_pretrained writes OUT and each checkpoint's model folder, so
+    both hold exactly what save_pretrained writes (the tokenizer's four files included), and OUT's tokenizer
+    gives minipegx's ids in transformers."""
+    from test_save_pretrained import HF_FILES
+
+    run(tiny_dir, corpus, tmp_path / "out", steps=2, save_every=1)
+    out = tmp_path / "out"
+    assert HF_FILES <= set(os.listdir(out))
+    assert set(os.listdir(out / "checkpoints")) == {"step-000001", "step-000002"}
+    for step in os.listdir(out / "checkpoints"):
+        assert set(os.listdir(out / "checkpoints" / step)) == HF_FILES | {"optimizer.safetensors",
+                                                                          "trainer_state.json"}
+    text = "According to the market ledger, Wendel returned 87 blankets to Ironmere."
+    want = minipegx.Tokenizer.from_pretrained(tiny_dir).encode(text)
+    assert transformers.AutoTokenizer.from_pretrained(out)(text)["input_ids"] == want
+
+
+def test_a_float64_run_exports_float32_and_checkpoints_float64(tiny_dir, corpus, tmp_path):
+    """The export is float32 whatever the training dtype; a checkpoint keeps the training dtype (a resumed run
+    goes on with the same numbers)."""
+    from safetensors import safe_open
+
+    run(tiny_dir, corpus, tmp_path / "out", steps=1, dtype="float64")
+    out = tmp_path / "out"
+    for folder, dtype in ((out, "F32"), (out / "checkpoints" / "step-000001", "F64")):
+        with safe_open(folder / "model.safetensors", "np") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {dtype}
+        assert json.loads((folder / "config.json").read_text())["dtype"] == {"F32": "float32", "F64": "float64"}[dtype]
 
 
 def test_the_input_model_directory_is_never_written(tiny_dir, corpus, tmp_path):

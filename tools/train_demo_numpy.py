@@ -14,8 +14,8 @@ The same recipe as tools/train_demo.py's PHASE1, piece for piece, with the torch
   * batches: train_demo.make_batch's, a pure function of (SEED, step), tokenized by minipegx.Tokenizer;
   * each stage: a fresh minipegx.training.AdamW (betas 0.9/0.98, weight decay 0.01 on matrices only), train_demo's
     lr_at (linear warmup, cosine to 5%), clipping at 1.0, minipegx.training.loss_and_grads in float32;
-  * checkpoints every SAVE_EVERY steps and at each stage's end (WORK/after_<stage>), written by
-    minipegx.training.save_model_dir plus generation_config.json / tokenizer_config.json / training_state.json;
+  * checkpoints every SAVE_EVERY steps and at each stage's end (WORK/after_<stage>), written by the model's
+    save_pretrained (with the recipe's tokenizer) plus training_state.json;
     --start-stage K --resume-from WORK/after_<stage K-1> resumes at a stage boundary, as train_demo does.
 
 The process never imports torch or transformers (checked at the end: the run fails if either was loaded).
@@ -109,12 +109,10 @@ def make_batch(tok, step, lo, hi, tpb, task):
     return enc["input_ids"], enc["attention_mask"], labels
 
 
-def save(model, out_dir: str, spiece_dir: str, note: dict) -> None:
-    from minipegx.training import save_model_dir
-
+def save(model, out_dir: str, tok, note: dict) -> None:
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(model, tmp, spiece_dir)
+    model.save_pretrained(tmp, tokenizer=tok)
     with open(os.path.join(tmp, "training_state.json"), "w") as f:
         json.dump(note, f, indent=2)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -170,7 +168,7 @@ def main(argv=None):
                       flush=True)
             if step % recipe.SAVE_EVERY == 0 or last:
                 seconds[name] = round(time.time() - t_stage)
-                save(model, args.out, folder, {"step": step, "of": total, "stage": name, "ema_loss": ema,
+                save(model, args.out, tok, {"step": step, "of": total, "stage": name, "ema_loss": ema,
                                                "train_seconds_this_process": round(time.time() - t0),
                                                "stage_seconds": seconds, "trainer": "minipegx (NumPy), no torch"})
                 print(f"saved {args.out} at step {step}", flush=True)

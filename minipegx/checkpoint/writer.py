@@ -162,7 +162,8 @@ def _target(directory, source, overwrite: bool, what: str) -> str:
     directory = as_path(directory, CheckpointError, "directory")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise CheckpointError(f"{directory} is a file; save_pretrained writes a folder: give a directory path")
-    if source and not overwrite and os.path.isdir(directory) and os.path.samefile(directory, source):
+    if (source and not overwrite and os.path.isdir(directory) and os.path.isdir(source)    # a source since removed
+            and os.path.samefile(directory, source)):                                       # is no folder to keep
         raise CheckpointError(f"{directory} is the folder {what} was loaded from; saving there would replace the "
                               "original files for good: choose another folder, or pass overwrite=True")
     os.makedirs(directory, exist_ok=True)

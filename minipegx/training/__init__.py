@@ -18,4 +18,3 @@ from .optim import AdamW, decay_matrices_only  # noqa: F401,E402
 from .schedule import Schedule  # noqa: F401,E402
 from .step import Batch, StepStats, clip_grad_norm, train_step  # noqa: F401,E402
 from .finetune import FinetuneResult, finetune  # noqa: F401,E402
-from .export import save_model_dir  # noqa: F401,E402

@@ -8,8 +8,9 @@ train_step (loss_and_grads, clipping at --max-grad-norm, AdamW with decay on wei
 then cosine decay), printing the loss and tokens/s; every --eval-every steps the validation loss (mean cross
 entropy per summary token) and ROUGE-1/2/L of greedy summaries of the first --eval-docs validation documents
 (rouge-score, the 'eval' extra; skipped with a note when it is missing); every --save-every steps a checkpoint
-(export.py). At the end OUT holds the fine-tuned model (config.json, model.safetensors, spiece.model, ...),
-train_log.jsonl (one line per step and per evaluation) and checkpoints/.
+(export.py). At the end OUT holds the fine-tuned model (config.json, model.safetensors in float32, the tokenizer's
+files, ...; written by the model's save_pretrained, like every checkpoint), train_log.jsonl (one line per step and
+per evaluation) and checkpoints/.
 
 Running the same command again resumes from the newest checkpoint and takes the same steps with the same
 losses: the batch of step i depends only on (data, seed, i), the optimizer's moments are saved, and nothing
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, InputError, MissingDependencyError
 from . import data as D
-from .export import list_checkpoints, load_checkpoint, save_checkpoint, save_model_dir
+from .export import list_checkpoints, load_checkpoint, save_checkpoint
 from .optim import AdamW, decay_matrices_only
 from .schedule import KINDS, Schedule
 from .step import Batch, train_step
@@ -87,11 +88,10 @@ def finetune(train, out, valid=None, model=None, *, steps=1000, lr=1e-4, batch_t
     lock = lock_out(out)                                          # one run per OUT at a time
     try:
         source = os.path.join(checkpoints, resume) if resume else model_dir
-        if not resume:                  # OUT keeps the tokenizer files that every checkpoint and the export copy
-            copy_tokenizer_files(model_dir, out)
-
+        if not resume:       # OUT keeps the tokenizer that every checkpoint and the export save (checkpoints get
+            save_tokenizer(model_dir, out)          # rotated away, the input folder may change: OUT stays)
         from ..tokenizer import Tokenizer
-        tok = Tokenizer.from_pretrained(source)
+        tok = Tokenizer.from_pretrained(out)
         net = load_trainable(source, backend, dtype)
         limit = max_input_length or net.config.max_position_embeddings
         train_set = load_examples(tok, train, text_field, summary_field, limit, max_target_length, skip_malformed, say)
@@ -137,11 +137,11 @@ def finetune(train, out, valid=None, model=None, *, steps=1000, lr=1e-4, batch_t
                 history.append(evaluate(net, tok, valid_set, batch_tokens, eval_docs, max_target_length, done, say))
                 _append_log(log_path, history[-1])
             if done % save_every == 0 or done == stop:
-                path = save_checkpoint(checkpoints, done, net, opt, out, {"history": history, "settings": settings},
+                path = save_checkpoint(checkpoints, done, net, opt, tok, {"history": history, "settings": settings},
                                        keep=keep_checkpoints)
                 say(f"saved {path}")
         if stop == steps:
-            save_model_dir(net, out, out)
+            as_float32(net).save_pretrained(out, tokenizer=tok)
             say(f"the fine-tuned model is in {out} (load it with minipegx.from_pretrained or transformers)")
         else:
             say(f"stopped at step {stop} of {steps}; run the same command again without --stop-at to go on")
@@ -177,16 +177,29 @@ def lock_out(out: str) -> int:
     return fd
 
 
-def copy_tokenizer_files(model_dir, out) -> None:
-    import shutil
+def save_tokenizer(model_dir, out) -> None:
+    """The input model's tokenizer, saved into OUT by Tokenizer.save_pretrained (the one writer of every save)."""
+    from ..tokenizer import Tokenizer
 
     if not os.path.isfile(os.path.join(model_dir, "spiece.model")):
         raise CheckpointError(f"no spiece.model in {model_dir}: fine-tuning reads text, so the model directory "
                               "needs its tokenizer")
-    for name in ("spiece.model", "tokenizer_config.json"):
-        if os.path.isfile(os.path.join(model_dir, name)):
-            shutil.copyfile(os.path.join(model_dir, name), os.path.join(out, name + ".tmp"))
-            os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+    Tokenizer.from_pretrained(model_dir).save_pretrained(out)
+
+
+def as_float32(net):
+    """The model with float32 parameters, the dtype of the exported model (float64 training included); the
+    model itself when it already is float32 (no copy)."""
+    from dataclasses import replace
+
+    from ..tree import tree_map
+
+    if net.dtype == "float32":
+        return net
+    def cast(a):
+        return a.astype("float32") if a.dtype.kind == "f" else a
+
+    return replace(net, params=tree_map(cast, net.params), dtype="float32")
 
 
 def load_examples(tok, path, text_field, summary_field, max_input_length, max_target_length, skip_malformed, say):
