@@ -284,7 +284,7 @@ ACTIVATION_GRADS = {
 
 
 def activation_forward(h, act):
-    """ACT2FN[act](h) into a new array (the inference relu works in place); the cache is h itself."""
+    """``ACT2FN[act](h)`` into a new array (the inference relu works in place); the cache is h itself."""
     return ACTIVATIONS[act](h), h
 
 

@@ -39,6 +39,13 @@ def test_every_notebook_is_a_page_in_the_navigation(site):
         assert f'href="notebooks/{notebook.stem}/"' in index, f"{notebook.name} is not in the navigation"
 
 
+def test_every_docs_page_is_in_the_navigation(site):
+    index = (site / "index.html").read_text(encoding="utf-8")
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        if page.stem != "index":
+            assert f'href="{page.stem}/"' in index, f"docs/{page.name} is not in mkdocs.yml's nav"
+
+
 def test_the_docs_links_into_notebooks_reach_the_notebook_pages(site):
     page = (site / "parity" / "index.html").read_text(encoding="utf-8")
     assert 'href="../notebooks/04_parity_exercise/"' in page
