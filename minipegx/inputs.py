@@ -164,10 +164,13 @@ def check_encoder_inputs(model, input_ids, attention_mask, inputs_embeds):
     """(ids, mask, embeds) checked: exactly one of ids / embeds, a mask of their [B, T] shape."""
     input_ids, inputs_embeds, shape = ids_or_embeds(model, input_ids, inputs_embeds)
     if attention_mask is not None:
+        given = attention_mask
         attention_mask = as_mask(model, attention_mask, shape, "attention_mask")
-        empty = ~(attention_mask == 1).any(axis=1)
+        # the rows are read where the mask came from: a host mask costs the GPU no synchronisation
+        rows_of = attention_mask if B_.is_device_array(given) else np.asarray(given).reshape(shape)  # [B, T]
+        empty = ~(rows_of == 1).any(axis=1)                                                        # [B]
         if bool(empty.any()):
-            rows = [int(i) for i in B_.to_numpy(model.xp.nonzero(empty)[0])]
+            rows = [int(i) for i in B_.to_numpy(B_.array_module(empty).nonzero(empty)[0])]
             warnings.warn(f"attention_mask rows {rows} are all padding: those inputs have no tokens, so "
                           "their outputs depend only on the global tokens", MiniPegxWarning, stacklevel=3)
     if shape[1] > model.config.max_position_embeddings:

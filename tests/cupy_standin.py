@@ -11,6 +11,9 @@ stricter where CuPy is lenient in ways that cost time on a GPU:
   `item()`, `tolist()`, `get()`, `cupy.asnumpy`, printing, boolean-mask indexing and `nonzero` (their size
   is data-dependent), and every sort (`sort`, `argsort`, `partition`, `argpartition`; CuPy's are full
   thrust sorts, which synchronise before CuPy 14; `argpartition` fully sorts);
+* `ufunc.at` for the ufuncs CuPy scatters (`add.at`, `maximum.at`, `minimum.at`: one launch, no
+  synchronisation; any other `.at` raises NotImplementedError, as in CuPy), stricter on one point: an
+  out-of-range index raises, where CuPy's kernel wraps it;
 * kernel launches (every operation that computes or copies; views such as reshape and slicing are free),
   host-to-device and device-to-host bytes, and every float16 -> float32 widening (with the root array
   widened, so a test can ask whether a weight was widened).
@@ -424,6 +427,12 @@ def _function(name):
         return fn
     if name in _CREATORS:
         return _creator(fn)
+    if isinstance(fn, np.ufunc):
+        return _Ufunc(name, _call(name, fn))
+    return _call(name, fn)
+
+
+def _call(name, fn):
 
     def call(*args, **kwargs):
         if name in _SORTS:
@@ -446,6 +455,50 @@ def _function(name):
         return wrap(out)
     call.__name__ = name
     return call
+
+
+# The ufuncs whose `.at` CuPy implements, as a scatter kernel of atomic operations (ufunc.at calls
+# ndarray._scatter_op with 'add', 'max' or 'min'); any other ufunc's `.at` raises NotImplementedError there.
+_SCATTER = {"add", "maximum", "minimum"}
+
+
+class _Ufunc:
+    """cupy.ufunc: calling it is the elementwise kernel; `at` is CuPy's scatter (numpy.ufunc.at's meaning).
+
+    `add.at(a, indices, b)` adds every b entry into a[indices], repeated indices included (atomicAdd on the
+    GPU, so the order of a repeated index's additions is not fixed there; here it is NumPy's). One counted
+    launch, in place, nothing returned. As in CuPy: `a` must be a device array; b is cast to a's dtype; host
+    indices or a host b are copied to the device (counted uploads); a boolean mask's True count decides the
+    shape (a counted synchronisation). Stricter than CuPy: an out-of-range index raises IndexError (NumPy's),
+    where CuPy's kernel wraps it silently modulo the axis length."""
+
+    def __init__(self, name, call):
+        self.__name__ = name
+        self._call = call
+        self._np = getattr(np, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def at(self, a, indices, b=None):
+        if self.__name__ not in _SCATTER:
+            raise NotImplementedError(f"`{self.__name__}.at` is not supported yet")   # CuPy's message
+        if not isinstance(a, ndarray):
+            raise TypeError(f"{self.__name__}.at updates a device array in place, got {type(a).__name__}")
+        if b is None:
+            raise ValueError(f"{self.__name__}.at needs the values to scatter (b)")
+        key = index(indices)
+        if _bool_index(key):
+            COUNTS.sync("boolean-mask scatter")
+        if isinstance(b, ndarray):
+            values = b._a
+        else:                                               # CuPy copies host values in (core.array)
+            values = np.asarray(b)
+            if values.ndim:
+                COUNTS.upload(values.nbytes)
+        values = values.astype(a.dtype, copy=False)         # CuPy: value.astype(a.dtype)
+        COUNTS.launches += 1
+        self._np.at(a._a, key, values)
 
 
 _FUNCTIONS = {}   # wrappers made on first use, apart from this module's globals (`any`, `max`: builtins here)

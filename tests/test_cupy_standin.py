@@ -39,15 +39,6 @@ COUNTS = standin.COUNTS
 
 
 @pytest.fixture(scope="module")
-def cp():
-    """The stand-in as `cupy` for this module's tests (removed afterwards)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(__import__("sys").modules, "cupy", standin)
-        COUNTS.reset()
-        yield standin
-
-
-@pytest.fixture(scope="module")
 def golden():
     return dict(np.load(os.path.join(GOLDENS, "tiny_outputs.npz")))
 

@@ -274,6 +274,27 @@ def test_backend_cupy_without_cupy_says_how_to_get_it(tiny_dir, corpus, tmp_path
     assert not os.path.exists(tmp_path / "o")
 
 
+def test_backend_cupy_on_the_standin_trains_resumes_and_saves_as_numpy_does(tiny_dir, corpus, tmp_path, monkeypatch):
+    """On the CuPy stand-in (tests/cupy_standin.py: device arrays that refuse implicit host conversion) a run
+    cut at step 2 and resumed takes NumPy's steps: the losses within TINY_FP32 (float32 on both sides, the same
+    operations; the stand-in computes with NumPy), and the saved model is NumPy's within it too."""
+    import cupy_standin
+
+    from minipegx.tolerances import TINY_FP32
+
+    want = run(tiny_dir, corpus, tmp_path / "numpy", steps=3, save_every=1)
+    monkeypatch.setitem(__import__("sys").modules, "cupy", cupy_standin)
+    on_device = dict(steps=3, save_every=1, backend="cupy", valid=corpus["valid"], eval_every=3)  # evaluation too
+    first = run(tiny_dir, corpus, tmp_path / "cupy", stop_at=2, **on_device)
+    second = run(tiny_dir, corpus, tmp_path / "cupy", **on_device)
+    assert (first.steps_done, second.resumed_from) == (2, 2)
+    assert TINY_FP32.holds(np.array(losses(second)), np.array(losses(want)))
+    assert [row["step"] for row in second.history if "valid_loss" in row] == [0, 3]
+    got = minipegx.from_pretrained(tmp_path / "cupy").params["model"]["shared"]["weight"]
+    ref = minipegx.from_pretrained(tmp_path / "numpy").params["model"]["shared"]["weight"]
+    assert TINY_FP32.holds(got, ref), TINY_FP32.error(got, ref)
+
+
 def test_a_second_run_into_the_same_out_at_once_is_refused(tiny_dir, corpus, tmp_path):
     import fcntl
 

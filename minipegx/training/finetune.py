@@ -120,9 +120,10 @@ def finetune(train, out, valid=None, model=None, *, steps=1000, lr=1e-4, batch_t
         window_tokens, window_seconds = 0, 0.0
         for step in range(start, stop):
             ids, mask, labels = D.make_batch(train_set, D.batch_indices(batches, seed, step), tok.pad_token_id)
-            xp = net.xp
-            stats = train_step(net, opt, Batch(xp.asarray(ids), xp.asarray(mask), xp.asarray(labels)), schedule=sched,
-                               max_grad_norm=max_grad_norm, label_smoothing=label_smoothing, recompute=recompute)
+            # NumPy batches: checked and counted on the host, moved to the model's device inside loss_and_grads
+            # (on a GPU a step then synchronises three times: the label count, the loss, the gradient norm)
+            stats = train_step(net, opt, Batch(ids, mask, labels), schedule=sched, max_grad_norm=max_grad_norm,
+                               label_smoothing=label_smoothing, recompute=recompute)
             done = step + 1
             window_tokens, window_seconds = window_tokens + stats.input_tokens, window_seconds + stats.seconds
             history.append({"step": done, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
