@@ -222,7 +222,8 @@ from .layers import (AttendCache, EmbedCache, FfnCache, LayerNormCache, LinearCa
 
 
 class AttentionCache(NamedTuple):
-    """What attention_backward reads: the four projections' caches and the heads' attention."""
+    """What attention_backward reads: the four projections' caches and the heads' attention (queries
+    [B, H, S, D], keys and values [B, H, C, D], probabilities [B, H, S, C])."""
     q: LinearCache                             # q_proj of the queries' input [B, S, M]
     k: LinearCache                             # k_proj of the keys' input [B, C, M] (C = S, or T encoder tokens)
     v: LinearCache
@@ -258,7 +259,7 @@ def attention_backward(dout, cache):
 
 
 class DecoderLayerCache(NamedTuple):
-    """What decoder_layer_backward reads: each sub-block's cache."""
+    """What decoder_layer_backward reads: each sub-block's cache (the layer's input [B, S, M])."""
     self_norm: LayerNormCache
     self_attn: AttentionCache
     cross_norm: LayerNormCache
@@ -295,7 +296,8 @@ def decoder_layer_backward(dx, cache):
 
 
 class DecoderCache(NamedTuple):
-    """What decoder_backward reads."""
+    """What decoder_backward reads: the embeddings' cache, each layer's cache (or only its input [B, S, M]
+    under recomputation) and the final layer norm's."""
     embed: EmbedCache
     layers: list                               # per layer its DecoderLayerCache, or its input x to recompute it
     enc: object                                # [B, T, M] the encoder's output (keys and values of every layer)

@@ -192,7 +192,8 @@ from .layers import (EmbedCache, FfnCache, LayerNormCache, LinearCache, add_grad
                      layer_norm_forward, linear_backward, linear_forward, merge_heads, softmax_backward)
 
 class GlobalLocalCache(NamedTuple):
-    """What global_local_attention_backward reads."""
+    """What global_local_attention_backward reads: the projections' inputs (tokens [B, P, M], global tokens
+    [B, G, M]), queries, keys and values per head and the probabilities ([B, H, N, K, G+K] and [B, H, G, G+P])."""
     proj: tuple                                # (q, k, v) LinearCaches of the joint [B, G+P, M] input
     q: object                                  # [B, H, G+P, D] queries, pre-scaled by D^-1/2
     k: object                                  # [B, H, G+P, D]
@@ -303,7 +304,8 @@ def unstagger_backward(dh, block_size):
 
 
 class EncoderLayerCache(NamedTuple):
-    """What encoder_layer_backward reads: each sub-block's cache and the layer's layout."""
+    """What encoder_layer_backward reads: each sub-block's cache (inputs [B, P, M] and [B, G, M]) and the
+    layer's layout."""
     norm: LayerNormCache                       # self_attn_layer_norm, tokens
     global_norm: LayerNormCache                # global_self_attn_layer_norm
     attention: GlobalLocalCache
@@ -357,7 +359,8 @@ def encoder_layer_backward(dx, dg, cache):
 
 
 class EncoderCache(NamedTuple):
-    """What encoder_backward reads."""
+    """What encoder_backward reads: each layer's cache (or only its inputs [B, P, M], [B, G, M] under
+    recomputation) and the final layer norm's."""
     embed: EmbedCache
     layers: list                               # per layer its EncoderLayerCache, or its inputs (x, g) to recompute it
     mask: object                               # [B, P] additive

@@ -183,13 +183,13 @@ def additive_mask(attention_mask, dtype, xp):
 from typing import NamedTuple  # noqa: E402  (the training section's own import, kept beside it)
 
 class LinearCache(NamedTuple):
-    """What linear_backward reads: the input and the weight."""
+    """What linear_backward reads: the input x [..., I] and the weight W [O, I]."""
     x: object                                  # [..., I] the input
     w: object                                  # [O, I]
 
 
 def linear_forward(x, w, b=None):
-    """y = x W^T (+ b); the cache keeps x and W."""
+    """y [..., O] = x [..., I] W^T (+ b [O]), W [O, I]; the cache keeps x and W."""
     return linear(x, w, b), LinearCache(x, w)
 
 
@@ -206,14 +206,15 @@ def linear_backward(dy, cache, bias=True):
 
 
 class LayerNormCache(NamedTuple):
-    """What layer_norm_backward reads (llm.c keeps the same: the normalized input and 1/std)."""
+    """What layer_norm_backward reads (llm.c keeps the same: the normalized input [..., M] and 1/std [..., 1])."""
     xhat: object                               # [..., M] the normalized input (x - mean) / std
     rstd: object                               # [..., 1] 1 / sqrt(var + eps)
     w: object                                  # [M]
 
 
 def layer_norm_forward(x, p, eps=LAYER_NORM_EPS):
-    """layer_norm, keeping the normalized input and the reciprocal std (llm.c's layernorm_forward)."""
+    """layer_norm of x [..., M] -> [..., M], keeping the normalized input and the reciprocal std (llm.c's
+    layernorm_forward)."""
     xp = array_module(x)
     xc = x - x.mean(axis=-1, keepdims=True)                       # [..., M]
     rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # [..., 1] biased variance
@@ -233,7 +234,7 @@ def layer_norm_backward(dy, cache):
 
 
 def erf64(x):
-    """erf to float64 accuracy (NumPy has none; the float32 `erf` above is A&S 7.1.26, 1.5e-7 off), for the
+    """erf to float64 accuracy, elementwise on an array of any shape ([B, T, F] in the FFN) (NumPy has none; the float32 `erf` above is A&S 7.1.26, 1.5e-7 off), for the
     float64 gradient checks. |x| < 3: erf = 2/sqrt(pi) e^(-x^2) sum_n (2x^2)^n x / (2n+1)!!, all terms positive
     (no cancellation), 64 terms (the last is below 2^-60 of the sum at |x| = 3). |x| >= 3: erfc's continued
     fraction e^(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...)))), 60 levels evaluated from the
@@ -284,7 +285,7 @@ ACTIVATION_GRADS = {
 
 
 def activation_forward(h, act):
-    """``ACT2FN[act](h)`` into a new array (the inference relu works in place); the cache is h itself."""
+    """``ACT2FN[act](h)`` of h [..., F] into a new array (the inference relu works in place); the cache is h itself."""
     return ACTIVATIONS[act](h), h
 
 
@@ -294,7 +295,7 @@ def activation_backward(dy, h, act):
 
 
 class FfnCache(NamedTuple):
-    """What ffn_backward reads: both linears' caches and the activation's input."""
+    """What ffn_backward reads: both linears' caches and the activation's input h [..., F]."""
     fc1: LinearCache
     act: object                                # [..., F] fc1's output, the activation's input
     fc2: LinearCache
@@ -327,7 +328,8 @@ def softmax_backward(dp, probs):
 
 
 class AttendCache(NamedTuple):
-    """What attend_backward reads: queries, keys, values, the probabilities and the score scale."""
+    """What attend_backward reads: queries [..., Q, D], keys and values [..., C, D], the probabilities
+    [..., Q, C] and the score scale."""
     q: object                                  # [..., Q, D]
     k: object                                  # [..., C, D]
     v: object                                  # [..., C, D]
@@ -362,7 +364,7 @@ def attend_backward(dout, cache):
 
 
 class EmbedCache(NamedTuple):
-    """What embed_tokens_backward reads: the ids, the table's row count and the scale."""
+    """What embed_tokens_backward reads: the ids [B, T], the table's row count V and the scale."""
     ids: object                                # [B, T] token ids
     vocab: int                                 # V, rows of the table
     scale: float
@@ -386,7 +388,8 @@ def embed_tokens_backward(dy, cache, padding_idx=None):
 
 
 def add_grads(into, grads):
-    """Accumulate a gradient tree into another (into[k] += grads[k]), for weights used more than once:
+    """Accumulate a gradient tree into another (into[k] += grads[k], each of its parameter's shape, e.g. the
+    table [V, M]), for weights used more than once:
     the tied embedding table, the final layer norm and FFN shared by tokens and global tokens."""
     for name, g in grads.items():
         if name not in into:

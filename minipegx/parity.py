@@ -186,8 +186,9 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-def check_function(name, fn, with_transformers=None):
-    """Grade a student's version of a public layer function by its name: minipegx.course.check_function."""
+def check_function(name, fn, with_transformers=None, require_own=True):
+    """Grade a student's version of a public layer function by its name: minipegx.course.check_function
+    (require_own=False grades what a function built on minipegx's own computes, for planted bugs)."""
     from .course import check_function as check
 
-    return check(name, fn, with_transformers=with_transformers)
+    return check(name, fn, with_transformers=with_transformers, require_own=require_own)

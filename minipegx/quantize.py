@@ -125,7 +125,7 @@ _DEVICE_PAIRS = {}   # (array module, dtype) -> _NF4_PAIRS on that device: uploa
 
 
 def nf4_pairs(xp, dtype=np.float32):
-    """The NF4 byte table [256, 2] (a byte's two values) on module xp, in dtype, kept after the first use."""
+    """The NF4 byte table [256, 2] (a byte's two values; the packed codes [O*I/2] index it) on module xp, in dtype, kept after the first use."""
     if xp is np and np.dtype(dtype) == np.float32:
         return _NF4_PAIRS
     key = (xp.__name__, id(xp), np.dtype(dtype).str)

@@ -455,7 +455,8 @@ def test_course_checker_runs_with_cupy_loaded(cp):
     from minipegx.layers import layer_norm
     from minipegx.parity import check_function
 
-    assert check_function("layer_norm", layer_norm.textbook, with_transformers=False).passed
+    # minipegx's own function is refused as a submission (issue 26), so the check is told it is not one
+    assert check_function("layer_norm", layer_norm.textbook, with_transformers=False, require_own=False).passed
 
 
 def test_corpus_runner_on_the_device(cp, demo, tmp_path):

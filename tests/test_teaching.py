@@ -167,5 +167,4 @@ def test_the_example_message_is_what_check_function_says():
     from minipegx.course import check_function
 
     message = check_function("layer_norm", unbiased_layer_norm, with_transformers=False).message
-    # a code block inside a numbered list: 4 spaces for the list (Python-Markdown's rule) and 4 for the code
-    stated("\n".join("        " + line for line in message.splitlines()))
+    stated("\n".join("       " + line for line in message.splitlines()))

@@ -43,10 +43,12 @@ class GreedyStep:
 
     @property
     def top_tokens(self):
+        """The five best candidates [N, 5] of this step, best first (computed when first read)."""
         return self._top5()[1]
 
     @property
     def top_logprobs(self):
+        """Their log-probs [N, 5], best first (computed when first read)."""
         return self._top5()[0]
 
     def _top5(self):
