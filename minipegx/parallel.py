@@ -18,13 +18,14 @@ how the slices are cut:
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
 _state = threading.local()   # .inside: True in a pool thread (a nested for_slices runs as a plain loop)
-_pool = None                 # the ThreadPoolExecutor, made at the first parallel call
+_pool = None                 # (process id, ThreadPoolExecutor), made at the first parallel call
 _blas = None                 # threadpoolctl's handle on the BLAS libraries NumPy loaded
 _section = threading.Lock()  # one parallel section at a time: BLAS's thread count is process-wide
 
@@ -69,8 +70,8 @@ def for_slices(work, count, xp, step=1):
 
 def _run_on_pool(work, pieces, threads):
     global _pool
-    if _pool is None or _pool._max_workers != threads:
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="minipegx")
+    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers != threads:  # a forked child has no threads
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="minipegx"))
 
     def run(s):
         _state.inside = True
@@ -80,7 +81,7 @@ def _run_on_pool(work, pieces, threads):
             _state.inside = False
 
     with _blas_controller().limit(limits=1):
-        futures = [_pool.submit(run, s) for s in pieces]
+        futures = [_pool[1].submit(run, s) for s in pieces]
         wait(futures)                      # every piece finished (or failed) before BLAS gets its threads back
     for future in futures:
         future.result()                    # raises the first failure

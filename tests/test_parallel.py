@@ -95,3 +95,22 @@ def test_the_encoder_matches_the_reference_however_the_seam_cuts_its_work(tmp_pa
     for mine, theirs in zip(got.attentions, want.attentions):
         assert max_err(mine["local"], theirs["local"]) <= TINY_FP32.atol
         assert max_err(mine["global"], theirs["global"]) <= TINY_FP32.atol
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX-only")
+def test_a_forked_child_gets_a_pool_of_its_own():
+    """A child forked after the pool started has none of its threads: it must start its own, not hang."""
+    import os
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        parallel.for_slices(lambda s: None, 4, np)              # the parent's pool exists
+        pid = os.fork()
+        if pid == 0:                                            # child: exit 0 only if the pieces ran
+            import signal
+
+            signal.alarm(20)                                    # a hung pool kills the child, not the test run
+            seen = []
+            parallel.for_slices(lambda s: seen.append(s.start), 4, np)
+            os._exit(0 if sorted(seen) == [0, 1, 2, 3] else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0   # not killed by the alarm
