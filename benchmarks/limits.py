@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import time
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -33,6 +34,7 @@ def cpu_info():
                 break
     except OSError:
         pass
+    info["cpu"] = info["cpu"] or platform.processor() or platform.machine()   # no "model name" line on ARM
     try:
         from threadpoolctl import threadpool_info
 
