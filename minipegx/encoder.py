@@ -58,20 +58,22 @@ def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentio
     out = xp.empty((B, G + P, H, D), q.dtype)                    # [B, G+P, H, D]
     heads_out = out.transpose(0, 2, 1, 3)                        # [B, H, G+P, D] view
 
-    # The attention's independent pieces -- the global tokens head by head, the tokens block by block --
-    # are written once, for a slice of heads or blocks, and handed out through the parallel seam: one
-    # piece per thread on NumPy (the pieces' softmax and small products share the cores; a block's scores
-    # [B, H, K, G+K] stay in cache from the product to the values), all pieces in one batched product on
-    # CuPy (parallel.for_slices). Each piece writes its output into its own part of `out`.
+    # The attention's independent pieces -- the global tokens head by head, the tokens head by head and
+    # block by block -- are written once, for slices of heads and blocks, and handed out through the
+    # parallel seam (parallel.for_slices): on NumPy one head (of one block) per piece, to a pool of threads,
+    # so the softmax and small products share the cores and a piece's scores ([K, G+K], 1.3 MB at K = 512)
+    # stay in cache from the product to the values; on CuPy all of them in one batched product. Each piece
+    # writes its output into its own part of `out`.
 
     # Global tokens see every global token and every (unmasked) token.
     global_mask = xp.concatenate([xp.zeros((B, G), mask.dtype), mask], axis=1)[:, None, None, :]  # [B, 1, 1, G+P]
     global_probs = xp.empty((B, H, G, G + P), q.dtype) if output_attentions else None  # [B, H, G, G+P]
 
-    def global_heads(h):                                         # h: a slice of the H heads
-        heads_out[:, h, :G], probs = attend(q[:, h, :G], k[:, h], v[:, h], global_mask)  # [B, h, G, D], [B, h, G, G+P]
+    def global_heads(heads):                                     # a slice of the H heads, h of them
+        heads_out[:, heads, :G], probs = attend(q[:, heads, :G], k[:, heads], v[:, heads],
+                                                global_mask)     # [B, h, G, D], [B, h, G, G+P]
         if output_attentions:
-            global_probs[:, h] = probs
+            global_probs[:, heads] = probs
 
     for_slices(global_heads, H, xp)
 
@@ -86,15 +88,16 @@ def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentio
                                  mask.reshape(B, N, K)], axis=-1)[:, None, :, None, :]  # [B, 1, N, 1, G+K]
     local_probs = xp.empty((B, H, N, K, G + K), q.dtype) if output_attentions else None  # [B, H, N, K, G+K]
 
-    def local_blocks(s):                                         # s: a slice of the N blocks, n of them
-        n = len(range(N)[s])
-        block_keys = xp.concatenate([xp.broadcast_to(kg, (B, H, n, G, D)), kb[:, :, s]], axis=3)    # [B, H, n, G+K, D]
-        block_values = xp.concatenate([xp.broadcast_to(vg, (B, H, n, G, D)), vb[:, :, s]], axis=3)  # [B, H, n, G+K, D]
-        ob[:, :, s], probs = attend(qb[:, :, s], block_keys, block_values, local_mask[:, :, s])
-        if output_attentions:                                    # [B, H, n, K, D], [B, H, n, K, G+K]
-            local_probs[:, :, s] = probs
+    def local_blocks(heads, blocks):                             # slices of the H heads and of the N blocks
+        h, n = len(range(H)[heads]), len(range(N)[blocks])
+        block_keys = xp.concatenate([xp.broadcast_to(kg[:, heads], (B, h, n, G, D)), kb[:, heads, blocks]], axis=3)
+        block_values = xp.concatenate([xp.broadcast_to(vg[:, heads], (B, h, n, G, D)), vb[:, heads, blocks]], axis=3)
+        ob[:, heads, blocks], probs = attend(qb[:, heads, blocks], block_keys, block_values,   # keys [B, h, n, G+K, D]
+                                             local_mask[:, :, blocks])  # [B, h, n, K, D], [B, h, n, K, G+K]
+        if output_attentions:
+            local_probs[:, heads, blocks] = probs
 
-    for_slices(local_blocks, N, xp)
+    for_slices(local_blocks, (H, N), xp)                         # on NumPy a piece is one head of one block
 
     out = linear(out.reshape(B, G + P, M), w["out_proj"])        # [B, G+P, H, D] -> [B, G+P, M] -> [B, G+P, M]
     g_out, t_out = out[:, :G], out[:, G:]                        # [B, G, M], [B, P, M]

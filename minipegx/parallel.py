@@ -18,6 +18,7 @@ how the slices are cut:
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -47,20 +48,24 @@ def workers() -> int:
 
 def for_slices(work, count, xp, step=1):
     """Call work(s) for slices s that together cover range(count) once; work writes its results itself
-    (into disjoint parts of arrays the caller allocated) and returns nothing.
+    (into disjoint parts of arrays the caller allocated) and returns nothing. count may be a tuple, the
+    sizes of a grid (heads x blocks): then work(s1, s2, ...) gets one slice per axis, and the pieces are
+    the grid's cells.
 
-    CuPy: work(slice(0, count)) once. NumPy: work(slice(i, i + step)) for i = 0, step, 2*step, ..., on a
-    pool of `workers()` threads with BLAS at one thread meanwhile, or in a plain loop when BLAS has one
-    thread, inside a pool thread, or while another thread of the program is in a parallel section (BLAS's
-    thread count is one per process). An exception in any piece is raised here."""
+    CuPy: one call over everything, work(slice(0, count)). NumPy: work(slice(i, i + step)) for
+    i = 0, step, 2*step, ... (along every axis of a grid), on a pool of `workers()` threads with BLAS at
+    one thread meanwhile, or in a plain loop when BLAS has one thread, inside a pool thread, or while
+    another thread of the program is in a parallel section (BLAS's thread count is one per process).
+    An exception in any piece is raised here."""
+    counts = count if isinstance(count, tuple) else (count,)
     if xp is not np:
-        work(slice(0, count))
+        work(*(slice(0, c) for c in counts))
         return
-    pieces = [slice(i, min(i + step, count)) for i in range(0, count, step)]
+    pieces = list(itertools.product(*([slice(i, min(i + step, c)) for i in range(0, c, step)] for c in counts)))
     threads = 1 if getattr(_state, "inside", False) or len(pieces) < 2 else workers()
     if threads < 2 or not _section.acquire(blocking=False):
         for s in pieces:
-            work(s)
+            work(*s)
         return
     try:
         _run_on_pool(work, pieces, threads)
@@ -76,7 +81,7 @@ def _run_on_pool(work, pieces, threads):
     def run(s):
         _state.inside = True
         try:
-            work(s)
+            work(*s)
         finally:
             _state.inside = False
 

@@ -8,6 +8,7 @@ sums in the order it would for that piece's product)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -67,17 +68,28 @@ def test_with_one_blas_thread_the_pieces_run_in_the_calling_thread():
 def test_on_another_array_module_all_pieces_are_one_slice():
     """CuPy (or any module but NumPy): one call over every piece, so each product is one batched launch."""
     calls = []
-    parallel.for_slices(calls.append, 7, xp=object(), step=2)
-    assert calls == [slice(0, 7)]
+    parallel.for_slices(lambda *s: calls.append(s), 7, xp=object(), step=2)
+    parallel.for_slices(lambda *s: calls.append(s), (3, 5), xp=object())
+    assert calls == [(slice(0, 7),), (slice(0, 3), slice(0, 5))]
+
+
+def test_a_grid_is_cut_into_its_cells():
+    cells = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        parallel.for_slices(lambda a, b: cells.append((a.start, b.start, a.stop - a.start, b.stop - b.start)),
+                            (3, 4), np)
+    assert sorted(cells) == [(i, j, 1, 1) for i in range(3) for j in range(4)]
 
 
 def one_slice(work, count, xp, step=1):
-    work(slice(0, count))                                   # what for_slices does on CuPy
+    counts = count if isinstance(count, tuple) else (count,)
+    work(*(slice(0, c) for c in counts))                    # what for_slices does on CuPy
 
 
 def plain_loop(work, count, xp, step=1):
-    for i in range(0, count, step):
-        work(slice(i, min(i + step, count)))
+    counts = count if isinstance(count, tuple) else (count,)
+    for cell in itertools.product(*(range(0, c, step) for c in counts)):
+        work(*(slice(i, min(i + step, c)) for i, c in zip(cell, counts)))
 
 
 @pytest.mark.parametrize("cut", ["pool", "plain loop", "one slice"])
