@@ -261,6 +261,12 @@ def measure(side, config, job):
     result.update(load_after=os.getloadavg()[0], rss_end=rss, peak_rss=hwm if result["peak_reset"] else None,
                   maxrss_process=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   device_peak_bytes=side.device_peak_bytes())
+    # The limit again, in this process, right after minipegx's measurement (and after its memory was read):
+    # on a shared machine the load changes within a run, and a limit taken minutes earlier would not fit.
+    if side.name == "minipegx" and job["task"] == "encoder":
+        result["gemm_gflops"], _ = gemm_rate(side, gemm_shapes(config, job["length"]), rounds=3)
+    if side.name == "minipegx" and job["task"] == "beam":
+        result["read_gbs"] = read_bandwidth(side, rounds=3)
     return result
 
 

@@ -4,7 +4,10 @@ against the machine's limit measured in the same run (benchmarks/limits.py).
 One row per figure and thread count: name, unit, minipegx, transformers, ratio (minipegx / transformers,
 below 1: minipegx faster or smaller), and where a limit applies `of_limit` for each library: the encoder's
 GEMM limit over its time (a share, 1 = as fast as its products at the GEMM rate allow) or a beam step's
-time over its memory floor (a multiple, 1 = as fast as reading its bytes allows).
+time over its memory floor (a multiple, 1 = as fast as reading its bytes allows). The limit is NumPy's
+rate measured in minipegx's process right after that measurement (the issue's definition: NumPy's
+OpenBLAS), the same for both libraries' rows; the "share of best BLAS" rows use the best rate of the
+run's first measurement with either library's BLAS.
 """
 
 from __future__ import annotations
@@ -72,12 +75,14 @@ def _rows(threads, results, config, encoder_flops, step_bytes):
         row("read bandwidth, matrix-vector", "GB/s", mb["read_gbs"], tb["read_gbs"])
     for L in sorted({r["length"] for r in results if r["task"] == "encoder"}):
         m, t = by[("minipegx", "encoder", L, "float32")], by[("transformers", "encoder", L, "float32")]
-        limit = encoder_flops(config, L) / gemm / 1e9 if gemm else None       # seconds at the GEMM rate
+        rate = m.get("gemm_gflops") or gemm       # NumPy's GEMM rate right after this encoder, else the run's best
+        limit = encoder_flops(config, L) / rate / 1e9 if rate else None       # seconds at the GEMM rate
         share = (lambda s: ratio(limit, s)) if limit else (lambda s: None)
         row(f"encoder {L} tokens", "s", m["seconds"], t["seconds"], (share(m["seconds"]), share(t["seconds"])))
         row(f"encoder {L} tokens, first call", "s", m["first_call"], t["first_call"],
             (share(m["first_call"]), share(t["first_call"])))
         row(f"encoder {L} tokens", "GFLOP/s", m["gflops"], t["gflops"])
+        row(f"encoder {L} tokens, GEMM rate for the limit", "GFLOP/s", rate, rate)
         if mb and tb:
             row(f"encoder {L} tokens, share of own BLAS", "fraction", m["gflops"] / mb["gflops"],
                 t["gflops"] / tb["gflops"])
@@ -90,13 +95,15 @@ def _rows(threads, results, config, encoder_flops, step_bytes):
                 (share(m["seconds"]), share(bf16["seconds"])))
     for L in sorted({r["length"] for r in results if r["task"] == "beam"}):
         m, t = by[("minipegx", "beam", L, "float32")], by[("transformers", "beam", L, "float32")]
-        floor = step_bytes(config, L, m["rows"], m["steps"]) / bandwidth / 1e9 if bandwidth else None
+        read = m.get("read_gbs") or bandwidth     # NumPy's read bandwidth right after this beam search, else the run's best
+        floor = step_bytes(config, L, m["rows"], m["steps"]) / read / 1e9 if read else None
         over = (lambda s: ratio(s, floor)) if floor else (lambda s: None)
         row(f"beam search {L} tokens, total", "s", m["seconds"], t["seconds"])
         row(f"beam search {L} tokens, per decoding step", "s", m["per_step"], t["per_step"],
             (over(m["per_step"]), over(t["per_step"])))
         if floor:
             row(f"beam search {L} tokens, memory floor of a step", "s", floor, floor)
+            row(f"beam search {L} tokens, read bandwidth for the floor", "GB/s", read, read)
         row(f"beam search {L} tokens, peak memory", "GiB", gib(m["peak_rss"] or m["maxrss_process"]),
             gib(t["peak_rss"] or t["maxrss_process"]))
         if m.get("device_peak_bytes") is not None:
