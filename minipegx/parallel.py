@@ -27,17 +27,15 @@ import numpy as np
 
 _state = threading.local()   # .inside: True in a pool thread (a nested for_slices runs as a plain loop)
 _pool = None                 # (process id, ThreadPoolExecutor), made at the first parallel call
-_blas = None                 # threadpoolctl's handle on the BLAS libraries NumPy loaded
 _section = threading.Lock()  # one parallel section at a time: BLAS's thread count is process-wide
 
 
 def _blas_controller():
-    global _blas
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
+    """threadpoolctl's handle on the BLAS libraries loaded now (~1 ms): made afresh at each call, since a
+    library loaded later (another extension's BLAS) would escape a handle kept from an earlier call."""
+    from threadpoolctl import ThreadpoolController
 
-        _blas = ThreadpoolController().select(user_api="blas")
-    return _blas
+    return ThreadpoolController().select(user_api="blas")
 
 
 def workers() -> int:
