@@ -457,6 +457,9 @@ BACKWARD_BUGS = {       # each: the function, [(old, new) in the SOLUTIONS sourc
     "attention: the mask applied to the queries' gradient": (
         ATT, [(LOCAL_DS, LOCAL_DS + "\n    ds = ds * (cache.global_probs[:, :1, :1, G:] > 0).reshape(B, 1, N, K, 1)")],
         "the mask applied to the gradient on the query axis"),
+    "attention: the stagger undone here": (ATT, [("return dboth[:, G:], dboth[:, :G], grads",
+                                                  "return dboth[:, G + K // 2:-(K // 2)], dboth[:, :G], grads")],
+                                           "the stagger's padding removed here"),
 }
 
 

@@ -201,6 +201,13 @@ def _attention_backward(dx_out, dg_out, cache, *, global_keys="sum", global_quer
     return dboth[:, G:], dboth[:, :G], grads
 
 
+def _unstaggered_here(dx_out, dg_out, cache):
+    """The reference's gradients with K/2 positions cut from both ends of dx, as if this function undid the stagger."""
+    dx, dg, grads = REFERENCE["global_local_attention_backward"](dx_out, dg_out, cache)
+    h = cache.local_probs.shape[3] // 2
+    return dx[:, h:-h], dg, grads
+
+
 def _block(k, G, K):
     B, H, GP, Dh = k.shape
     N = (GP - G) // K
@@ -294,7 +301,10 @@ VARIANTS = {
          "q_proj's output is dq * D ** -0.5", lambda *a: _attention_backward(*a, scale=False)),
         ("the mask applied to the gradient on the query axis (padded tokens' gradient zeroed): a padded "
          "token's query still has an output and so a gradient; the mask hides padded *keys*, whose gradient "
-         "is already 0 because their probabilities are 0", lambda *a: _attention_backward(*a, query_mask=True))],
+         "is already 0 because their probabilities are 0", lambda *a: _attention_backward(*a, query_mask=True)),
+        ("the stagger's padding removed here: this function returns the gradient of its own input, all P tokens "
+         "it was given (a staggered layer's P+K); the encoder layer removes the K/2 padded positions at each end "
+         "afterwards (E.stagger_backward)", _unstaggered_here)],
     "encoder_layer": [
         ("the staggered layer's blocks not shifted (no stagger, or the shift not undone)",
          lambda x, g, mask, p, config, staggered, *rest: REFERENCE["encoder_layer"](x, g, mask, p, config, False))],
