@@ -1,19 +1,23 @@
 #!/usr/bin/env python
 """minipegx against transformers, side by side, in one run, on one machine, with one thread count.
 
-    python -m benchmarks.bench                      # the full CPU run (pegasus-x-base shape), ~8 min on 2 idle cores
-    python -m benchmarks.bench --quick              # smaller lengths, a few minutes
+    python -m benchmarks.bench                      # the full CPU run (pegasus-x-base shape), 1 and 2 threads
+    python -m benchmarks.bench --quick              # 1k and 4k tokens, 8 new tokens, 1 and 2 threads
     python -m benchmarks.bench --shape toy --quick  # seconds: the smoke test's path
     python -m benchmarks.bench --backend cupy --device cuda --shape large   # on a GPU (CuPy + torch CUDA)
 
-What it measures, for both libraries, on the same random weights (normal(0, 0.02), the reference's init std):
-  * encoder forward at 1k, 4k and 16k tokens;
-  * beam search, 4 beams, 32 new tokens (forced: min_new_tokens = max_new_tokens), on 1k and 16k tokens:
+What it measures, for both libraries, on the same random weights (normal(0, 0.02), the reference's init std),
+with each thread count in turn (--threads, default 1 and all cores):
+  * encoder forward at 1k, 4k and 16k tokens: the first call in a fresh process, then warmed (best of a few);
+  * beam search, 4 beams, 32 new tokens (forced: min_new_tokens = max_new_tokens), on 1k, 4k and 16k tokens:
     total time and the time per decoding step (the median of the intervals between steps 2..32, so it
     leaves out the encoder and the first step, which computes the cross-attention keys/values);
   * the peak resident memory of each measurement;
-  * a plain matrix product of the encoder's shapes ([T, M] @ [M, M], [T, M] @ [M, F], [T, F] @ [F, M]) with
-    each library's own BLAS, and the encoder's achieved FLOP rate as a share of it.
+  * the machine's limits (benchmarks/limits.py): the fp32 GEMM rate at the encoder's shapes with each
+    library's own BLAS, and the read bandwidth of a matrix-vector product. The encoder's time is printed
+    as a share of its GEMM limit (its matrix-product FLOPs at the best GEMM rate) and a beam step's as a
+    multiple of its memory floor (the bytes it must read at the measured bandwidth), beside the ratio
+    minipegx / transformers; with the CPU's model, flags, BLAS kernels and the load average.
 
 Every measurement runs in its own fresh Python process (this file, with --worker), one at a time, so the
 peak resident memory of one library is never polluted by the other's allocations. The thread count is set
@@ -33,13 +37,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks.limits import gemm_rate, gemm_shapes, read_bandwidth, step_bytes
+from benchmarks.report import machine, print_table, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -63,8 +69,9 @@ COMMON = dict(model_type="pegasus_x", architectures=["PegasusXForConditionalGene
               decoder_start_token_id=0, forced_eos_token_id=1, tie_word_embeddings=True, use_cache=True,
               init_std=0.02)
 
-FULL = dict(encoder_lengths=[1024, 4096, 16384], beam_lengths=[1024, 16384], new_tokens=32, beams=4)
-QUICK = dict(encoder_lengths=[1024, 2048], beam_lengths=[1024], new_tokens=8, beams=4)
+FULL = dict(encoder_lengths=[1024, 4096, 16384], beam_lengths=[1024, 4096, 16384], new_tokens=32, beams=4)
+QUICK = dict(encoder_lengths=[1024, 4096], beam_lengths=[1024], new_tokens=8, beams=4)
+SIDES = ("minipegx", "transformers")
 TOY_QUICK = dict(encoder_lengths=[64, 128], beam_lengths=[64], new_tokens=4, beams=4)
 
 
@@ -129,8 +136,8 @@ class Side:
 
             torch.set_num_threads(threads)
             self.torch = torch
-            self.model = transformers.PegasusXForConditionalGeneration.from_pretrained(ckpt).eval().to(
-                device, dtype=getattr(torch, dtype))
+            self.model = transformers.PegasusXForConditionalGeneration.from_pretrained(
+                ckpt, dtype=getattr(torch, dtype)).eval().to(device)
 
     def sync(self):
         if self.device != "cuda":
@@ -175,31 +182,12 @@ class Side:
                                       stopping_criteria=transformers.StoppingCriteriaList([EveryStep()]), **opts)
         return out.cpu().numpy()
 
-    def matmul_rate(self, shapes, repeat=3):
-        """GFLOP/s of plain [m, k] @ [k, n] products with this side's own BLAS (NumPy/CuPy or torch)."""
-        flops, seconds = 0, 0.0
-        per = {}
-        for (m, k, n), count in shapes:
-            if self.name == "minipegx":
-                rng = self.xp.random.default_rng(0) if self.device != "cuda" else self.xp.random
-                a = rng.standard_normal((m, k), dtype="float32")
-                b = rng.standard_normal((k, n), dtype="float32")
-                run = lambda: a @ b  # noqa: E731
-            else:
-                a = self.torch.randn(m, k, device=self.device)
-                b = self.torch.randn(k, n, device=self.device)
-                run = lambda: a @ b  # noqa: E731
-            run(), self.sync()
-            best = float("inf")
-            for _ in range(repeat):
-                t = time.perf_counter()
-                run()
-                self.sync()
-                best = min(best, time.perf_counter() - t)
-            per[f"{m}x{k}@{k}x{n}"] = 2 * m * k * n / best / 1e9
-            flops += 2 * m * k * n * count
-            seconds += best * count
-        return flops / seconds / 1e9, per
+    def random(self, shape):
+        """A float32 array of normal samples on this side's device (for the limits' products)."""
+        if self.name == "minipegx":
+            rng = self.xp.random.default_rng(0) if self.device != "cuda" else self.xp.random
+            return rng.standard_normal(shape, dtype="float32")
+        return self.torch.randn(*shape, device=self.device)
 
     def device_peak_bytes(self):
         if self.device != "cuda":
@@ -263,22 +251,23 @@ def worker(jobs):
 
 
 def measure(side, config, job):
-    result = {"side": job["side"], "task": job["task"], "length": job.get("length")}
+    result = {"side": job["side"], "task": job["task"], "length": job.get("length"), "threads": job["threads"],
+              "dtype": job.get("dtype", "float32")}
     result["rss_before"], _ = memory_now()
     result["peak_reset"] = peak_reset()
     side.device_peak_reset()
 
     if job["task"] == "blas":
-        T, M, F = job["length"], config["d_model"], config["encoder_ffn_dim"]
-        # The encoder's products, weighted as in a layer: four [T, M] @ [M, M], one [T, M] @ [M, F], one [T, F] @ [F, M].
-        rate, per = side.matmul_rate([((T, M, M), 4), ((T, M, F), 1), ((T, F, M), 1)])
-        result.update(gflops=rate, per_shape_gflops=per)
+        # The encoder's products, weighted as in a layer, and the read bandwidth of a matrix-vector product.
+        rate, per = gemm_rate(side, gemm_shapes(config, job["length"]))
+        result.update(gflops=rate, per_shape_gflops=per, read_gbs=read_bandwidth(side))
     elif job["task"] == "encoder":
         ids, mask = side.inputs(job["length"], config["vocab_size"])
-        side.encode(ids, mask), side.sync()                      # warm-up at the same length
+        (first,), _ = timed(lambda: side.encode(ids, mask), side.sync, 1)   # the first call of this process
         times, cpu = timed(lambda: side.encode(ids, mask), side.sync, job["repeat"])
-        result.update(times=times, cpu_times=cpu, seconds=min(times), median=statistics.median(times),
-                      gflops=encoder_flops(config, job["length"]) / min(times) / 1e9)
+        result.update(first_call=first, times=times, cpu_times=cpu, seconds=min(times), median=statistics.median(times),
+                      gflops=encoder_flops(config, job["length"]) / min(times) / 1e9,
+                      first_gflops=encoder_flops(config, job["length"]) / first / 1e9)
     elif job["task"] == "beam":
         ids, mask = side.inputs(job["length"], config["vocab_size"])
         stamps = []
@@ -287,13 +276,20 @@ def measure(side, config, job):
         side.sync()
         total = time.perf_counter() - t0
         steps = [b - a for a, b in zip(stamps, stamps[1:])]     # steps 2..S: decoding only
-        result.update(seconds=total, cpu_seconds=time.process_time() - c0, steps=len(stamps), first_step_seconds=stamps[0] - t0 if stamps else None,
+        result.update(seconds=total, cpu_seconds=time.process_time() - c0, rows=job["beams"], steps=len(stamps),
+                      first_step_seconds=stamps[0] - t0 if stamps else None,
                       step_times=steps, per_step=statistics.median(steps) if steps else None,
                       sequences=[[int(t) for t in row] for row in seqs])
     rss, hwm = memory_now()
     result.update(load_after=os.getloadavg()[0], rss_end=rss, peak_rss=hwm if result["peak_reset"] else None,
                   maxrss_process=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   device_peak_bytes=side.device_peak_bytes())
+    # The limit again, in this process, right after minipegx's measurement (and after its memory was read):
+    # on a shared machine the load changes within a run, and a limit taken minutes earlier would not fit.
+    if side.name == "minipegx" and job["task"] == "encoder":
+        result["gemm_gflops"], _ = gemm_rate(side, gemm_shapes(config, job["length"]), rounds=3)
+    if side.name == "minipegx" and job["task"] == "beam":
+        result["read_gbs"] = read_bandwidth(side, rounds=3)
     return result
 
 
@@ -318,92 +314,35 @@ def run_worker(jobs, threads, timeout):
     return results
 
 
-def machine(args):
-    import numpy as np
-
-    info = dict(platform=platform.platform(), python=platform.python_version(), cpus=os.cpu_count(),
-                threads=args.threads, numpy=np.__version__, backend=args.backend, device=args.device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        pass
-    try:
-        cfg = np.show_config(mode="dicts")
-        info["numpy_blas"] = f"{cfg['Build Dependencies']['blas']['name']} {cfg['Build Dependencies']['blas']['version']}"
-    except Exception:  # noqa: BLE001 - only informative
-        pass
-    try:
-        import torch
-        import transformers
-
-        info.update(torch=torch.__version__, transformers=transformers.__version__)
-        if args.device == "cuda":
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001
-        pass
-    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE")
-    return info
-
-
-def ratio(a, b):
-    return None if a is None or b is None or not b else a / b
-
-
-def gib(x):
-    return None if x is None else x / 2**30
-
-
-def summarize(results, config):
-    """The table: one row per figure, minipegx, transformers and their ratio."""
-    by = {(r["side"], r["task"], r["length"]): r for r in results}
-    rows = []
-
-    def row(name, unit, mine, theirs):
-        rows.append(dict(name=name, unit=unit, minipegx=mine, transformers=theirs, ratio=ratio(mine, theirs)))
-
-    mb, tb = (next((r for r in results if r["side"] == s and r["task"] == "blas"), None)
-              for s in ("minipegx", "transformers"))
-    if mb and tb:
-        row("BLAS matmul, encoder shapes", "GFLOP/s", mb["gflops"], tb["gflops"])
-    for L in sorted({r["length"] for r in results if r["task"] == "encoder"}):
-        m, t = by[("minipegx", "encoder", L)], by[("transformers", "encoder", L)]
-        row(f"encoder {L} tokens", "s", m["seconds"], t["seconds"])
-        row(f"encoder {L} tokens", "GFLOP/s", m["gflops"], t["gflops"])
-        if mb and tb:
-            best = max(mb["gflops"], tb["gflops"])
-            row(f"encoder {L} tokens, share of own BLAS", "fraction", m["gflops"] / mb["gflops"],
-                t["gflops"] / tb["gflops"])
-            row(f"encoder {L} tokens, share of best BLAS", "fraction", m["gflops"] / best, t["gflops"] / best)
-        row(f"encoder {L} tokens, peak memory", "GiB", gib(m["peak_rss"] or m["maxrss_process"]),
-            gib(t["peak_rss"] or t["maxrss_process"]))
-    for L in sorted({r["length"] for r in results if r["task"] == "beam"}):
-        m, t = by[("minipegx", "beam", L)], by[("transformers", "beam", L)]
-        row(f"beam search {L} tokens, total", "s", m["seconds"], t["seconds"])
-        row(f"beam search {L} tokens, per decoding step", "s", m["per_step"], t["per_step"])
-        row(f"beam search {L} tokens, peak memory", "GiB", gib(m["peak_rss"] or m["maxrss_process"]),
-            gib(t["peak_rss"] or t["maxrss_process"]))
-        if m.get("device_peak_bytes") is not None:
-            row(f"beam search {L} tokens, GPU memory", "GiB", gib(m["device_peak_bytes"]), gib(t["device_peak_bytes"]))
-    return rows
-
-
-def print_table(rows, file=sys.stdout):
-    def fmt(x):
-        return "-" if x is None else f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
-
-    w = max(len(r["name"]) for r in rows) + 2
-    print(f"{'':{w}} {'unit':9} {'minipegx':>10} {'transformers':>13} {'ratio':>7}", file=file)
-    for r in rows:
-        print(f"{r['name']:{w}} {r['unit']:9} {fmt(r['minipegx']):>10} {fmt(r['transformers']):>13} "
-              f"{fmt(r['ratio']):>7}", file=file)
+def plan_jobs(args, plan, base):
+    """The measurements, thread count after thread count, alternating the libraries within each."""
+    jobs = []
+    for threads in args.threads:
+        at = dict(base, threads=threads)
+        if "blas" not in args.skip:
+            jobs += [dict(at, side=s, task="blas", length=max(plan["encoder_lengths"])) for s in SIDES]
+        if "encoder" not in args.skip:
+            for L in plan["encoder_lengths"]:
+                jobs += [dict(at, side=s, task="encoder", length=L, repeat=args.repeat) for s in SIDES]
+            if args.bf16:  # what transformers reaches in bfloat16 (AMX), which NumPy has no GEMM for
+                jobs += [dict(at, side="transformers", task="encoder", length=L, repeat=args.repeat, dtype="bfloat16")
+                         for L in plan["encoder_lengths"] if L == 4096 or len(plan["encoder_lengths"]) == 1]
+        if "beam" not in args.skip:
+            for L in plan["beam_lengths"]:
+                jobs += [dict(at, side=s, task="beam", length=L, beams=plan["beams"], new_tokens=plan["new_tokens"])
+                         for s in SIDES]
+    for job in jobs:
+        if job["task"] == "encoder" and not job["repeat"]:   # short inputs: more runs, the best counts
+            job["repeat"] = 4 if job["length"] <= 2048 else 2 if job["length"] <= 4096 else 1
+    return jobs
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="base")
-    ap.add_argument("--quick", action="store_true", help="smaller lengths and fewer tokens (a smoke run)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both libraries")
+    ap.add_argument("--quick", action="store_true", help="1k and 4k tokens, beam search on 1k with 8 new tokens")
+    ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count()}),
+                    help="thread counts for both libraries, each measured in turn (default: 1 and all cores)")
     ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy", help="minipegx's array module")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where transformers runs")
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32",
@@ -413,8 +352,10 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, help="tokens generated per beam search (forced)")
     ap.add_argument("--beams", type=int)
     ap.add_argument("--repeat", type=int, default=0,
-                    help="timed encoder runs after the warm-up (0: 5 up to 2k tokens, 3 up to 4k, else 1)")
+                    help="warmed encoder runs after the first call (0: 4 up to 2k tokens, 2 up to 4k, else 1)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["blas", "encoder", "beam"])
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time transformers' encoder in bfloat16 at 4k tokens (default: when the CPU has AMX)")
     ap.add_argument("--grouped", action="store_true",
                     help="one process per library instead of one per measurement (the smoke test's mode)")
     ap.add_argument("--checkpoint", help="reuse a random checkpoint directory written by an earlier run")
@@ -440,6 +381,11 @@ def main(argv=None):
     name = args.name or f"{args.device}-{args.shape}{'' if args.dtype == 'float32' else '-' + args.dtype}" \
         f"{'-quick' if args.quick else ''}"
     out_path = args.out or os.path.join(HERE, "results", f"{name}.json")
+    about = machine(args, args.threads)
+    if args.bf16 is None:
+        args.bf16 = args.device == "cpu" and "amx_bf16" in about["flags"] and args.shape != "toy"
+    print(f"{about['cpu']}, flags {' '.join(about['flags'])}, NumPy's BLAS {about.get('blas')}, "
+          f"load average {about['load_average'][0]:.1f}", flush=True)
 
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="minipegx-bench-") as tmp:
@@ -450,51 +396,38 @@ def main(argv=None):
         else:
             print(f"writing a random {args.shape} checkpoint to {ckpt} ...", flush=True)
             config = write_checkpoint(args.shape, ckpt)
-        base = dict(ckpt=ckpt, config=config, device=args.device, threads=args.threads, dtype=args.dtype)
-        jobs = []
-        if "blas" not in args.skip:
-            jobs += [dict(base, side=s, task="blas", length=max(plan["encoder_lengths"]))
-                     for s in ("minipegx", "transformers")]
-        if "encoder" not in args.skip:
-            for L in plan["encoder_lengths"]:
-                jobs += [dict(base, side=s, task="encoder", length=L, repeat=args.repeat)
-                         for s in ("minipegx", "transformers")]
-        if "beam" not in args.skip:
-            for L in plan["beam_lengths"]:
-                jobs += [dict(base, side=s, task="beam", length=L, beams=plan["beams"], new_tokens=plan["new_tokens"])
-                         for s in ("minipegx", "transformers")]
-        for job in jobs:
-            if job["task"] == "encoder" and not job["repeat"]:   # short inputs: more runs, the best counts
-                job["repeat"] = 5 if job["length"] <= 2048 else 3 if job["length"] <= 4096 else 1
-        if args.grouped:  # one process per library (faster to start; peaks are per measurement all the same)
-            batches = [[j for j in jobs if j["side"] == s] for s in ("minipegx", "transformers")]
+        jobs = plan_jobs(args, plan, dict(ckpt=ckpt, config=config, device=args.device, dtype=args.dtype))
+        if args.grouped:  # one process per library and thread count (faster to start; peaks stay per measurement)
+            batches = [[j for j in jobs if j["side"] == s and j["threads"] == n] for n in args.threads for s in SIDES]
         else:             # one process per measurement, alternating the libraries, so a change of load hits both
             batches = [[j] for j in jobs]
         results = []
         for batch in batches:
             t = time.perf_counter()
-            for r in run_worker(batch, args.threads, args.timeout):
-                print(f"  {r['side']:12} {r['task']:8} {r['length']!s:>6}: "
-                      f"{r['gflops'] if r['task'] == 'blas' else r['seconds']:.3f} "
-                      f"{'GFLOP/s' if r['task'] == 'blas' else 's'} (load average {r['load_before']:.1f})",
-                      flush=True)
+            for r in run_worker(batch, batch[0]["threads"], args.timeout):
+                figure = (f"{r['gflops']:.1f} GFLOP/s, {r['read_gbs']:.1f} GB/s" if r["task"] == "blas" else
+                          f"{r['seconds']:.3f} s (first call {r['first_call']:.3f} s)" if r["task"] == "encoder" else
+                          f"{r['seconds']:.3f} s, {r['per_step']:.4f} s per step")
+                print(f"  {r['threads']} thr {r['side']:12} {r['task']:8} {r['length']!s:>6} {r['dtype']:8}: {figure} "
+                      f"(load average {r['load_before']:.1f} -> {r['load_after']:.1f})", flush=True)
                 results.append(r)
             print(f"    ({time.perf_counter() - t:.0f} s with start-up and loading)", flush=True)
 
-    rows = summarize(results, config)
+    rows = summarize(results, config, encoder_flops, step_bytes)
     same = {}
-    for L in plan["beam_lengths"] if "beam" not in args.skip else []:
-        a = next(r for r in results if r["side"] == "minipegx" and r["task"] == "beam" and r["length"] == L)
-        b = next(r for r in results if r["side"] == "transformers" and r["task"] == "beam" and r["length"] == L)
-        same[str(L)] = a["sequences"] == b["sequences"]
-    report = dict(name=name, shape=args.shape, config=config, plan=plan, machine=machine(args),
+    for r in results:
+        if r["task"] == "beam" and r["side"] == "minipegx":
+            theirs = next(t for t in results if t["side"] == "transformers" and t["task"] == "beam"
+                          and t["length"] == r["length"] and t["threads"] == r["threads"])
+            same[f"{r['length']} tokens, {r['threads']} threads"] = r["sequences"] == theirs["sequences"]
+    report = dict(name=name, shape=args.shape, config=config, plan=plan, machine=about,
                   load_average_end=os.getloadavg(), wall_seconds=time.time() - started,
                   same_beam_search_ids=same, table=rows, results=results)
-    print()
     print_table(rows)
     if same:
         print("beam search ids identical in both libraries:", same)
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
+    print(f"load average at the start {about['load_average'][0]:.1f}, at the end {os.getloadavg()[0]:.1f} "
+          f"(on {os.cpu_count()} CPUs); {time.time() - started:.0f} s in all")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)

@@ -13,7 +13,10 @@ from .backend import array_module, finfo
 from .blocks import padded_length, stagger_shift
 from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, record,
                      sinusoidal_positions, softmax, split_heads)
+from .parallel import for_slices
 from .precision import FiniteChecks, matmul, residual, scores
+
+FFN_ROWS = 512   # positions per piece of the FFN on NumPy: BLAS is as fast on [512, M] as on all rows
 
 
 def attend(q, k, v, mask):
@@ -55,29 +58,46 @@ def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentio
     out = xp.empty((B, G + P, H, D), q.dtype)                    # [B, G+P, H, D]
     heads_out = out.transpose(0, 2, 1, 3)                        # [B, H, G+P, D] view
 
+    # The attention's independent pieces -- the global tokens head by head, the tokens head by head and
+    # block by block -- are written once, for slices of heads and blocks, and handed out through the
+    # parallel seam (parallel.for_slices): on NumPy one head (of one block) per piece, to a pool of threads,
+    # so the softmax and small products share the cores and a piece's scores ([K, G+K], 1.3 MB at K = 512)
+    # stay in cache from the product to the values; on CuPy all of them in one batched product. Each piece
+    # writes its output into its own part of `out`.
+
     # Global tokens see every global token and every (unmasked) token.
-    global_mask = xp.concatenate([xp.zeros((B, G), mask.dtype), mask], axis=1)  # [B, G+P]
-    heads_out[:, :, :G], global_probs = attend(q[:, :, :G], k, v, global_mask[:, None, None, :])  # [B, H, G, D], [B, H, G, G+P]
+    global_mask = xp.concatenate([xp.zeros((B, G), mask.dtype), mask], axis=1)[:, None, None, :]  # [B, 1, 1, G+P]
+    global_probs = xp.empty((B, H, G, G + P), q.dtype) if output_attentions else None  # [B, H, G, G+P]
+
+    def global_heads(heads):                                     # a slice of the H heads, h of them
+        heads_out[:, heads, :G], probs = attend(q[:, heads, :G], k[:, heads], v[:, heads],
+                                                global_mask)     # [B, h, G, D], [B, h, G, G+P]
+        if output_attentions:
+            global_probs[:, heads] = probs
+
+    for_slices(global_heads, H, xp)
 
     # Each block of K tokens sees the G global tokens and its own block: its keys are the G global keys
-    # followed by its own K keys, so a block's scores are one [K, D] @ [D, G+K] product. Block by block,
-    # a block's scores [B, H, K, G+K] stay in cache from the product through the softmax to the values,
-    # where all blocks' scores at once ([B, H, N, K, G+K], 0.5 GB at 16k tokens) would go through memory
-    # four times.
-    qb = q[:, :, G:].reshape(B, H, N, K, D)                      # [B, H, N, K, D]
+    # followed by its own K keys, so a block's scores are one [K, D] @ [D, G+K] product per head.
+    qb = q[:, :, G:].reshape(B, H, N, K, D)                      # [B, H, N, K, D] views
     kb = k[:, :, G:].reshape(B, H, N, K, D)
     vb = v[:, :, G:].reshape(B, H, N, K, D)
     ob = heads_out[:, :, G:].reshape(B, H, N, K, D)              # a view: blocks write their outputs into out
+    kg, vg = k[:, :, None, :G], v[:, :, None, :G]                # [B, H, 1, G, D] the global keys and values
     local_mask = xp.concatenate([xp.zeros((B, N, G), mask.dtype),
-                                 mask.reshape(B, N, K)], axis=-1)  # [B, N, G+K]
+                                 mask.reshape(B, N, K)], axis=-1)[:, None, :, None, :]  # [B, 1, N, 1, G+K]
     local_probs = xp.empty((B, H, N, K, G + K), q.dtype) if output_attentions else None  # [B, H, N, K, G+K]
-    for n in range(N):
-        block_keys = xp.concatenate([k[:, :, :G], kb[:, :, n]], axis=2)    # [B, H, G+K, D]
-        block_values = xp.concatenate([v[:, :, :G], vb[:, :, n]], axis=2)  # [B, H, G+K, D]
-        ob[:, :, n], block_probs = attend(qb[:, :, n], block_keys, block_values,
-                                          local_mask[:, None, n, None, :])  # [B, H, K, D], [B, H, K, G+K]
+
+    def local_blocks(heads, blocks):                             # slices of the H heads and of the N blocks
+        h, n = len(range(H)[heads]), len(range(N)[blocks])
+        block_keys = xp.concatenate([xp.broadcast_to(kg[:, heads], (B, h, n, G, D)), kb[:, heads, blocks]], axis=3)
+        block_values = xp.concatenate([xp.broadcast_to(vg[:, heads], (B, h, n, G, D)), vb[:, heads, blocks]], axis=3)
+        ob[:, heads, blocks], probs = attend(qb[:, heads, blocks], block_keys, block_values,   # keys [B, h, n, G+K, D]
+                                             local_mask[:, :, blocks])  # [B, h, n, K, D], [B, h, n, K, G+K]
         if output_attentions:
-            local_probs[:, :, n] = block_probs
+            local_probs[:, heads, blocks] = probs
+
+    for_slices(local_blocks, (H, N), xp)                         # on NumPy a piece is one head of one block
 
     out = linear(out.reshape(B, G + P, M), w["out_proj"])        # [B, G+P, H, D] -> [B, G+P, M] -> [B, G+P, M]
     g_out, t_out = out[:, :G], out[:, G:]                        # [B, G, M], [B, P, M]
@@ -114,10 +134,16 @@ def encoder_layer(x, g, mask, p, config, staggered, trace=None, name="", output_
     if staggered:
         shift = stagger_shift(K, staggered)
         h = h[:, shift:-shift]                                   # [B, P, M] undo the half-block shift
-    x = x + h
+    x = x + h                                                    # [B, P, M] our own array: the FFN adds into it
     g = g + hg
-    x = x + ffn(layer_norm(x, p["final_layer_norm"]), p, config.activation_function)
     g = g + ffn(layer_norm(g, p["final_layer_norm"]), p, config.activation_function)
+
+    # The FFN sees each position alone: slices of FFN_ROWS positions are handed out through the parallel
+    # seam, each adding its FFN output into its rows of x (one slice's [rows, F] hidden stays small).
+    def feed_forward(rows):                                      # rows: a slice of the P positions
+        x[:, rows] += ffn(layer_norm(x[:, rows], p["final_layer_norm"]), p, config.activation_function)
+
+    for_slices(feed_forward, x.shape[1], array_module(x), step=FFN_ROWS)
     record(trace, name, x)
     record(trace, f"{name}.global", g)
     return x, g, probs

@@ -39,7 +39,9 @@ def test_quick_toy_benchmark_writes_the_table_as_json(tmp_path):
         assert r["peak_rss"] is None or r["peak_rss"] > 0
         assert r["maxrss_process"] > 0
         if r["task"] == "encoder":
-            assert r["seconds"] > 0 and r["gflops"] > 0
+            assert r["seconds"] > 0 and r["gflops"] > 0 and r["first_call"] > 0
+        if r["task"] == "blas":
+            assert r["gflops"] > 0 and r["read_gbs"] > 0
         if r["task"] == "beam":
             assert r["steps"] == plan["new_tokens"] and len(r["step_times"]) == plan["new_tokens"] - 1
             assert all(len(row) == 1 + plan["new_tokens"] for row in r["sequences"])
@@ -49,5 +51,11 @@ def test_quick_toy_benchmark_writes_the_table_as_json(tmp_path):
     assert {f"encoder {L} tokens, share of own BLAS" for L in plan["encoder_lengths"]} <= names
     assert {f"beam search {L} tokens, per decoding step" for L in plan["beam_lengths"]} <= names
     assert all(row["ratio"] is not None for row in report["table"])
+    # Each encoder time is read against its GEMM limit and each beam step against its memory floor.
+    limited = {row["name"] for row in report["table"] if row["minipegx_of_limit"] is not None}
+    assert {f"encoder {L} tokens" for L in plan["encoder_lengths"]} <= limited
+    assert {f"encoder {L} tokens, first call" for L in plan["encoder_lengths"]} <= limited
+    assert {f"beam search {L} tokens, per decoding step" for L in plan["beam_lengths"]} <= limited
+    assert report["machine"]["cpu"] is not None and "load_average" in report["machine"]
     # Same random weights, same beam search: the same ids (toy model, fp32).
     assert all(report["same_beam_search_ids"].values())

@@ -115,7 +115,8 @@ def test_calling_other_minipegx_functions_is_allowed():
     assert "minipegx's own" not in result.message, result.message
 
 
-@pytest.mark.parametrize("name", ["layer_norm", "stagger", "beam_step"])
+@pytest.mark.parametrize("name", ["layer_norm", "stagger", "beam_step", "layer_norm_backward", "softmax_backward",
+                                  "global_local_attention_backward"])
 def test_minipegx_own_function_or_a_wrapper_of_it_is_not_the_students(name):
     def wrapper(*args, **kwargs):
         return REFERENCE[name](*args, **kwargs)
@@ -418,3 +419,84 @@ def test_a_hint_never_says_times_one():
 
     message = check_function("layer_norm", layer_norm, with_transformers=False, require_own=False).message
     assert "times 1:" not in message and "times 1 " not in message, message
+
+
+# ------------------------------------------------------------------------------------- backward exercises
+MEANS = "dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))"
+GLOBAL_SUMS = ("dkb[:, :, :, :G].sum(axis=2)", "dvb[:, :, :, :G].sum(axis=2)")
+GLOBAL_QUERIES = ("    dv = dv + cache.global_probs.swapaxes(-1, -2) @ dglobal ",
+                  "    dk = dk + ds.swapaxes(-1, -2) @ q[:, :, :G] ")
+LOCAL_DS = "ds = L.softmax_backward(dlocal @ vb.swapaxes(-1, -2), cache.local_probs)"
+ATT = "global_local_attention_backward"
+BACKWARD_BUGS = {       # each: the function, [(old, new) in the SOLUTIONS source], what the hint must name
+    "layer norm: the mean terms forgotten": ("layer_norm_backward", [(MEANS, "dx = rstd * g")],
+                                             "the two mean terms left out"),
+    "layer norm: mean(g) forgotten": ("layer_norm_backward", [(MEANS, MEANS.replace(
+        "g - g.mean(axis=-1, keepdims=True) - ", "g - "))], "the mean of the gradient, mean(g), left out"),
+    "layer norm: the unbiased variance": (
+        "layer_norm_backward", [(MEANS, "M = dy.shape[-1]\n    dx = rstd * (g - g.sum(-1, keepdims=True) / (M - 1)"
+                                        " - xhat * (g * xhat).sum(-1, keepdims=True) / (M - 1))")],
+        "the means taken over M - 1"),
+    "layer norm: gamma dropped": ("layer_norm_backward", [("g = dy * w   ", "g = dy       ")],
+                                  "the weight (gamma) dropped"),
+    "softmax: the sum term forgotten": ("softmax_backward", [("return probs * (dp - (dp * probs).sum(axis=-1, "
+                                                              "keepdims=True))", "return probs * dp")],
+                                        "the sum term left out"),
+    "softmax: the wrong axis": ("softmax_backward", [("(dp * probs).sum(axis=-1,", "(dp * probs).sum(axis=-2,")],
+                                "the sum over the wrong axis"),
+    "attention: global keys not summed over blocks": (
+        ATT, [(old, old.replace(".sum(axis=2)", ".mean(axis=2)")) for old in GLOBAL_SUMS],
+        "the global keys' and values' gradient averaged over the blocks"),
+    "attention: global keys from one block": (
+        ATT, [(old, old.replace("[:, :, :, :G].sum(axis=2)", "[:, :, 0, :G]")) for old in GLOBAL_SUMS],
+        "the global keys' and values' gradient from one block only"),
+    "attention: the global queries' share forgotten": (
+        ATT, [(old, "    pass  # " + old.strip()) for old in GLOBAL_QUERIES], "the global queries' share left out"),
+    "attention: D^-1/2 dropped": (ATT, [('("q_proj", dq * D ** -0.5,', '("q_proj", dq,')],
+                                  "the queries' D^-1/2 factor dropped"),
+    "attention: the mask applied to the queries' gradient": (
+        ATT, [(LOCAL_DS, LOCAL_DS + "\n    ds = ds * (cache.global_probs[:, :1, :1, G:] > 0).reshape(B, 1, N, K, 1)")],
+        "the mask applied to the gradient on the query axis"),
+    "attention: the stagger undone here": (ATT, [("return dboth[:, G:], dboth[:, :G], grads",
+                                                  "return dboth[:, G + K // 2:-(K // 2)], dboth[:, :G], grads")],
+                                           "the stagger's padding removed here"),
+}
+
+
+def solution_with(replacements):
+    source = (EXERCISES / SOLUTIONS).read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    namespace = {}
+    exec(compile("\n".join(line for line in source.splitlines() if not line.startswith("check_function(")),
+                 "student.py", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("bug", BACKWARD_BUGS)
+def test_a_backward_bug_students_make_is_caught_with_a_hint_in_their_terms(bug):
+    name, replacements, cause = BACKWARD_BUGS[bug]
+    result = check_function(name, solution_with(replacements)[name], with_transformers=False)
+    assert result.message.startswith(f"{name}: FAILED on its own, case:"), result.message
+    assert cause in result.message, result.message
+
+
+def test_a_backward_is_checked_in_place_in_a_training_step():
+    """Right on the cases' shapes, wrong on the demo model's width: only the training step can tell."""
+    def softmax_backward(dp, probs):
+        ds = REFERENCE["softmax_backward"](dp.copy(), probs)
+        return ds * 1.01 if probs.shape[-1] > 100 else ds
+
+    result = check_function("softmax_backward", softmax_backward, with_transformers=False, require_own=False)
+    assert result.message.startswith("softmax_backward: FAILED in place"), result.message
+    assert "the demo model's gradients change" in result.message and "d model." in result.message
+
+
+def test_the_backward_checks_need_no_torch(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    result = check_function("layer_norm_backward", solution_functions()["layer_norm_backward"])
+    assert result.passed and "parameter gradients equal minipegx's" in result.message, result.message

@@ -1,12 +1,13 @@
 """The grader on whole notebooks, hostile ones included: submissions built here from the SOLUTIONS source
 (and the unfilled student notebook), graded in one run of `python -m minipegx.course grade`.
 
-One submission per behaviour or class of hostile notebook: the solutions (26), the unfilled notebook (0),
-functions re-exported from minipegx (0), a replaced checker (0), a softmax without max subtraction (loses
-exercise 3's points), stagger padding that the mask hides (26), an endless loop, os._exit, a crash, a file
-that is not JSON (0 with the reason, the others still graded), a detached process that tries to rewrite
-the grades after its turn (killed first), names that a spreadsheet would run as a formula or that forge a
-line of the summary (escaped). A short --timeout keeps the run brief; the solutions need a few seconds.
+One submission per behaviour or class of hostile notebook: the solutions (all points), the unfilled notebook
+(0), functions re-exported from minipegx (0), a replaced checker (0), a softmax without max subtraction (loses
+exercise 3's points), a layer norm backward without its mean terms (loses its 2 points), stagger padding
+that the mask hides (all points), an endless loop, os._exit, a crash, a file that is not JSON (0 with the
+reason, the others still graded), a detached process that tries to rewrite the grades after its turn (killed
+first), names that a spreadsheet would run as a formula or that forge a line of the summary (escaped). A
+short --timeout keeps the run brief; the solutions need a few seconds.
 """
 
 import contextlib
@@ -48,12 +49,15 @@ def notebook(folder, name, old=None, new=None, extra=None, base=SOLUTIONS):
 REEXPORT = ("from minipegx.layers import layer_norm, ffn, sinusoidal_positions\n"
             "from minipegx.encoder import global_local_attention, stagger, encoder_layer\n"
             "from minipegx.decoder import self_attention, cross_kv, cross_attention\n"
-            "from minipegx.generation.beam import beam_step")
+            "from minipegx.generation.beam import beam_step\n"
+            "from minipegx.layers import layer_norm_backward, softmax_backward\n"
+            "from minipegx.encoder import global_local_attention_backward")
 PATCH_CHECKER = ("import minipegx.parity, minipegx.course, minipegx.course.check as C\n"
                  "fake = lambda name, fn, *a, **k: C.CheckResult(name, True, name + ': passed.')\n"
                  "minipegx.parity.check_function = minipegx.course.check_function = C.check_function = fake\n"
                  "C.judge = lambda name, *a, **k: C.CheckResult(name, True, 'passed')")
 NAIVE = "(lambda s: np.exp(s) / np.exp(s).sum(-1, keepdims=True))("
+LAYER_NORM_DX = "dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))"
 STAGGER_PAD = "x = np.pad(x, ((0, 0), (h, h), (0, 0)))"
 STAGGER_MASK = "constant_values=np.finfo(mask.dtype).min)"
 
@@ -78,6 +82,7 @@ def graded(tmp_path_factory):
     notebook(subs, "reexport", base=STUDENT, extra=REEXPORT)
     notebook(subs, "patched_checker", base=STUDENT, extra=PATCH_CHECKER)
     notebook(subs, "naive_softmax", "lprobs = L.softmax(", "lprobs = " + NAIVE)
+    notebook(subs, "no_mean_terms", LAYER_NORM_DX, "dx = rstd * g")
     notebook(subs, "stagger_edge", STAGGER_PAD, 'x = np.pad(x, ((0, 0), (h, h), (0, 0)), mode="edge")')
     notebook(subs, "stagger_1e9", STAGGER_MASK, "constant_values=-1e9)")
     notebook(subs, "endless", extra="while True:\n    pass")
@@ -127,6 +132,12 @@ def test_a_softmax_without_max_subtraction_loses_its_exercise(graded):
     assert "max is subtracted" in r["feedback"]
 
 
+def test_a_layer_norm_backward_without_its_mean_terms_loses_its_points_with_the_hint(graded):
+    r = row(graded, "no_mean_terms.ipynb")
+    assert int(r["layer_norm_backward"]) == 0 and int(r["total"]) == FULL - RUBRIC["layer_norm_backward"]
+    assert "the two mean terms left out" in r["feedback"], r["feedback"]
+
+
 @pytest.mark.parametrize("name", ["stagger_edge.ipynb", "stagger_1e9.ipynb"])
 def test_stagger_padding_the_mask_hides_gets_full_marks(graded, name):
     assert int(row(graded, name)["total"]) == FULL, row(graded, name)["feedback"]
@@ -143,7 +154,7 @@ def test_a_notebook_that_never_finishes_scores_zero_with_its_reason(graded, name
 
 
 def test_every_notebook_gets_a_row(graded):
-    assert len(graded["rows"]) == 13
+    assert len(graded["rows"]) == 14
 
 
 def test_a_detached_process_is_killed_before_it_can_touch_the_grades(graded):

@@ -506,3 +506,18 @@ def test_gpu_check_table_has_one_row_per_shape_dtype_and_figure():
     rows = gpu_check.table({("base", "float16"): report})
     assert rows == [["base float16 encoder 4096 tokens", "s", 1.0, 2.0, 0.5],
                     ["base float16 beam search 4096 tokens, same ids", "bool", True, None, None]]
+
+
+def test_encoder_launches_do_not_grow_with_the_number_of_blocks(cp):
+    """Issue 25's budget: the encoder's kernel launches on the CuPy backend stay within 1.5x from 4 to 32
+    blocks (a per-block loop launches ~11 kernels per block per layer; parallel.for_slices hands CuPy all
+    blocks of a layer as one batched slice)."""
+    gpu = minipegx.from_pretrained(TINY, backend="cupy")
+    K = gpu.config.block_size
+    launches = []
+    for blocks in (4, 32):
+        ids = np.full((1, blocks * K), 5)
+        COUNTS.reset()
+        gpu.encode(ids)
+        launches.append(COUNTS.launches)
+    assert launches[1] <= 1.5 * launches[0], launches

@@ -5,7 +5,8 @@ shapes make the usual bugs visible: a batch of 2 whose row 1 is padded (a mask b
 axis or rows mixed together change row 1 only), block size K=4 with T=10 tokens (3 blocks, the last one
 partial; 4 blocks in a staggered layer), 2 global tokens, 2 heads, and beams (R=2 rows per input) in the
 decoder's cross-attention. The reference outputs are minipegx's own functions, which the test suite
-checks against transformers and the committed goldens.
+checks against transformers and the committed goldens. The backward exercises' cases are the same layer in
+float64, each with the cache minipegx's forward keeps and a random upstream gradient.
 Shape legend: B batch, T tokens, P padded tokens, S decoder steps, L cached + new steps, N blocks,
 K block size, G global tokens, H heads, D head dim, F FFN width, M d_model, V vocab; R rows per input.
 """
@@ -28,6 +29,7 @@ MODULES = {                              # the public function -> the module the
     "stagger": encoder, "global_local_attention": encoder, "encoder_layer": encoder,
     "self_attention": decoder, "cross_kv": decoder, "cross_attention": decoder, "decoder_layer": decoder,
     "beam_step": beam,
+    "layer_norm_backward": layers, "softmax_backward": layers, "global_local_attention_backward": encoder,
 }
 # The reference functions, held in a dict (parity.patched swaps module attributes, never this table).
 REFERENCE = {name: getattr(module, name) for name, module in MODULES.items()}
@@ -211,9 +213,58 @@ def _beam_case(rng):
                 axes, legend="axes: b input, w beam (best first), l token position, c candidate (best first)")
 
 
+def _float64(tree):
+    return {k: _float64(v) for k, v in tree.items()} if isinstance(tree, dict) else tree.astype(np.float64)
+
+
+def _backward_cases(enc):
+    """The backward exercises, in float64 as gradient checks are (only rounding far below TINY_FP32 can differ):
+    minipegx's own forward makes the cache, and the upstream gradient is random at every position, padded ones
+    too (the check is of the whole gradient of the function, not only of what one model reads)."""
+    rng = np.random.default_rng(20220809)
+    enc = _float64(enc)
+    mask, keep = _token_mask()
+    mask = np.where(keep, 0.0, np.finfo(np.float64).min)                                # [B, P] additive
+    P = keep.shape[1]
+    x = rng.standard_normal((2, P, M)) * 2.0 + 0.5                                      # [B, P, M]
+    g = rng.standard_normal((2, G, M))                                                  # [B, G, M]
+    sx, smask = REFERENCE["stagger"](x, mask, K)                                        # [B, P+K, M]
+
+    def grad(*shape):                                                                   # an upstream gradient
+        return rng.standard_normal(shape) * 0.5
+
+    def norm_case(label, h, p, axes):
+        _, cache = layers.layer_norm_forward(h, p)
+        return Case(label, (grad(*h.shape), cache), ("dx", {"weight": "d weight", "bias": "d bias"}),
+                    {"dx": axes, "d weight": "m", "d bias": "m"})
+
+    def attention_case(label, x, g, mask):
+        _, cache = encoder.global_local_attention_forward(x, g, mask, enc["self_attn"], H, K)
+        proj = ("q_proj", "k_proj", "v_proj", "out_proj")
+        names = ("dx", "dg", {n: {"weight": f"d {n}.weight"} for n in proj})
+        axes = {"dx": "btm", "dg": "bgm", **{f"d {n}.weight": "oi" for n in proj}}
+        return Case(label, (grad(*x.shape), grad(*g.shape), cache), names, axes,
+                    legend="axes of a weight's gradient: o its output feature, i its input feature")
+
+    s = rng.standard_normal((2, H, 3, K, G + K)) * 3.0                                  # [B, H, N, K, G+K]
+    s[1, :, 2, :, G + 3:] += np.finfo(np.float64).min                                   # row 1's padded keys
+    probs = REFERENCE["softmax"](s)                                                     # [B, H, N, K, G+K]
+    return {
+        "layer_norm_backward": [
+            norm_case("tokens [2, 12, 16] of mean 0.5 and scale 2", x, enc["final_layer_norm"], "btm"),
+            norm_case("global tokens [2, 2, 16]", g, enc["global_self_attn_layer_norm"], "bgm")],
+        "softmax_backward": [Case("probabilities [2, 2, 3, 4, 6] (row 1's padded keys at 0)",
+                                  (grad(*probs.shape), probs), "ds", {"ds": "bhnqk"})],
+        "global_local_attention_backward": [
+            attention_case("3 blocks of K=4 (the last one partial), 2 global tokens, row 1 padded from token 7",
+                           x, g, mask),
+            attention_case("a staggered layer: 4 blocks after the half-block shift", sx, g, smask)],
+    }
+
+
 def cases(name):
     """The cases for one public function (fresh arrays each time: functions may write into their inputs)."""
     rng = np.random.default_rng(20220808)                # the paper's arXiv month, any fixed seed works
     enc, dec = _params(rng)
-    table = {**_encoder_cases(rng, enc), **_decoder_cases(rng, dec), **_other_cases(rng)}
+    table = {**_encoder_cases(rng, enc), **_decoder_cases(rng, dec), **_other_cases(rng), **_backward_cases(enc)}
     return table[name]

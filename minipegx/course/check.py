@@ -18,6 +18,10 @@ Two halves (the grader runs them in two processes, harvest.py says why):
      last partial, 4 in the staggered layer; 16 global tokens): the logits of a 3-step forward pass and of a
      4th step decoded from its cache (beam_step: the ids 3-beam search generates) must equal minipegx's own
      within LOGITS;
+  For the backward exercises (layer_norm_backward, softmax_backward, global_local_attention_backward) both
+  checks are in float64, as gradient checks are: the cases' caches come from minipegx's forward, and in place
+  is a training step of the demo model loaded in float64 (minipegx.training.loss_and_grads), whose every
+  parameter gradient must equal minipegx's own within TINY_FP32 (float64 rounding is ~1e-14);
   3. when transformers is installed (and with_transformers is not False), the same logits against
      transformers' PegasusXForConditionalGeneration on the same checkpoint, within LOGITS.
 A function that is minipegx's own, or calls minipegx's function of the same name, fails: the exercise is to
@@ -37,7 +41,7 @@ import numpy as np
 from ..errors import InputError
 from ..tolerances import LOGITS, TINY_FP32
 from .cases import MASKED, MODULES, REFERENCE, cases
-from .harvest import StudentError, demo, fresh, harvest, leaves, run_model
+from .harvest import StudentError, demo, demo64, fresh, harvest, kind, leaves, run_model
 from .hints import ADVICE, matching_variant, where_hint
 
 NAMES = tuple(MODULES)
@@ -140,16 +144,23 @@ def _standalone(name, arrays, notes):
     return len(todo)
 
 
-@lru_cache(maxsize=2)
-def _expected(beams):
-    return run_model(*demo(), beams)
+@lru_cache(maxsize=3)
+def _expected(what):
+    model, ids, mask, dec = demo()
+    return run_model(demo64() if what == "gradients" else model, ids, mask, dec, what)
 
 
 def _logits_check(name, got, want, source):
     for label, value in want.items():
         if label not in got:
             raise _Failed(f"in place ({source}): no {label} came back")
-        problem = _difference(label, got[label], value, "bsv" if value.ndim == 3 else "bs", None, LOGITS)
+        axes = None if label.startswith("d ") else "bsv" if value.ndim == 3 else "bs"
+        problem = _difference(label, got[label], value, axes, None, TINY_FP32 if axes is None else LOGITS)
+        if problem and axes is None:
+            raise _Failed(f"in place ({source}): it passes on its own, but the demo model's gradients change with "
+                          f"it:\n{problem}\nCheck: the other places training calls {name} (other shapes: the "
+                          f"decoder's [B, S, M] and its attention, 16 global tokens and blocks of 64, a staggered "
+                          f"layer), and that it returns its result (the callers use what it returns).")
         if problem:
             raise _Failed(f"in place ({source}): it passes on its own, but the model's output changes with it:\n"
                           f"{problem}\nCheck: the other places the model calls {name} (other shapes: "
@@ -208,12 +219,17 @@ def judge(name, arrays, notes, with_transformers=False, require_own=True) -> Che
         if "in place" in notes:
             raise _Failed(notes["in place"])
         got = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("in place:")}
-        _logits_check(name, got, _expected(name == "beam_step"), "compared with minipegx's own functions")
-        done = [f"on its own: {n} case(s) within {TINY_FP32.name} ({TINY_FP32.atol:g})",
-                f"in place: the demo model's {' and '.join(got)} equal minipegx's within {LOGITS.name} "
-                f"({LOGITS.atol:g})"]
-        if with_transformers:
-            _logits_check(name, got, _transformers_logits(name == "beam_step"), "compared with transformers")
+        what = kind(name)
+        _logits_check(name, got, _expected(what), "compared with minipegx's own functions")
+        done = [f"on its own: {n} case(s) within {TINY_FP32.name} ({TINY_FP32.atol:g})"]
+        if what == "gradients":       # minipegx's gradients are the ones the test suite checks against torch's
+            done.append(f"in place: the float64 demo model's {len(got)} parameter gradients equal minipegx's "
+                        f"within {TINY_FP32.name} ({TINY_FP32.atol:g})")
+        else:
+            done.append(f"in place: the demo model's {' and '.join(got)} equal minipegx's within {LOGITS.name} "
+                        f"({LOGITS.atol:g})")
+        if with_transformers and what != "gradients":
+            _logits_check(name, got, _transformers_logits(what == "beam search"), "compared with transformers")
             done.append("and with transformers'")
         return CheckResult(name, True, f"{name}: passed. " + "; ".join(done) + ".")
     except (_Failed, StudentError) as failed:

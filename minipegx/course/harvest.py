@@ -36,6 +36,8 @@ def fresh(obj):
         return obj.copy()
     if isinstance(obj, dict):
         return {k: fresh(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):      # a backward's cache (a NamedTuple)
+        return type(obj)(*(fresh(v) for v in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(fresh(v) for v in obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and not obj.__dataclass_params__.frozen:
@@ -151,9 +153,38 @@ def demo():
     return model, ids, mask, dec
 
 
-def run_model(model, ids, mask, dec, beams):
-    """What the in-place check compares: a forward's logits and a cached step's, or beam search's ids."""
-    if beams:
+BACKWARD = ("layer_norm_backward", "softmax_backward", "global_local_attention_backward")
+
+
+def kind(name):
+    """What the in-place check of `name` compares: "beam search" ids, "gradients" or "logits"."""
+    return "beam search" if name == "beam_step" else "gradients" if name in BACKWARD else "logits"
+
+
+@lru_cache(maxsize=1)
+def demo64():
+    """The same demo model in float64, for the backward exercises (gradients are checked in float64)."""
+    from ..model import demo_model_path, from_pretrained
+
+    return from_pretrained(demo_model_path("short"), dtype="float64")
+
+
+def run_training(model, ids, mask, dec):
+    """Every parameter's gradient of the demo batch's loss (labels: the decoder tokens shifted left, the last
+    of row 1 ignored, -100), keyed "d " + transformers' parameter name."""
+    from ..training import loss_and_grads
+
+    labels = np.concatenate([dec[:, 1:], np.array([[1], [-100]])], axis=1)    # [B, S]
+    _, grads = loss_and_grads(model, ids, mask, labels)
+    return {f"d {name}": g for name, g in grads.items()}
+
+
+def run_model(model, ids, mask, dec, what):
+    """What the in-place check compares (kind(name)): a forward's logits and a cached step's, beam search's
+    ids, or the gradients of a training step."""
+    if what == "gradients":
+        return run_training(model, ids, mask, dec)
+    if what == "beam search":
         return {"beam search ids": np.asarray(model.generate(ids, mask, num_beams=3, max_new_tokens=6))}
     first = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec[:, :3], use_cache=True)  # [B, 3, V]
     step = model(encoder_outputs=(first.encoder_last_hidden_state,), attention_mask=mask,
@@ -166,10 +197,11 @@ def in_place(name, fn):
     from ..patching import patched
 
     model, ids, mask, dec = demo()
+    model = demo64() if kind(name) == "gradients" else model
     model = dataclasses.replace(model, params=fresh(model.params))   # a function that writes into weights
     with patched({f"{MODULES[name].__name__}.{name}": fn}):          # spoils only this copy
         try:
-            got = run_model(model, ids, mask, dec, name == "beam_step")
+            got = run_model(model, ids, mask, dec, kind(name))
         except Exception as e:
             raise StudentError(f"in place: it raised {type(e).__name__} inside the model: {e}\n"
                                f"at {their_line(e)}") from None
@@ -192,6 +224,8 @@ def harvest(name, fn):
         except StudentError as e:
             notes[f"case{i}"] = str(e)
     notes["calls minipegx"] = watch.hit
+    if any(key.startswith("case") for key in notes):      # judge stops at the failed case: no model run needed
+        return arrays, notes
     try:
         for label, value in in_place(name, fn).items():
             arrays[f"in place:{label}"] = value

@@ -136,6 +136,85 @@ def _stagger_full_block(x, mask, block_size):
     return REFERENCE["stagger"](x, mask, 2 * block_size)
 
 
+def _layer_norm_backward(dy, cache, *, means=("g", "xhat"), ddof=0, gamma=True, dweight="xhat"):
+    """layer_norm_backward with one mistake switched on: a mean term left out, means over M - ddof, the
+    weight's factor dropped, the weight's gradient without x̂."""
+    xhat, rstd, w = cache
+    M = dy.shape[-1]
+    rows = tuple(range(dy.ndim - 1))
+    g = dy * w if gamma else dy                                                   # [..., M]
+    dx = g.copy()
+    if "g" in means:
+        dx -= g.sum(axis=-1, keepdims=True) / (M - ddof)
+    if "xhat" in means:
+        dx -= xhat * (g * xhat).sum(axis=-1, keepdims=True) / (M - ddof)
+    grads = {"weight": (dy * xhat if dweight == "xhat" else dy).sum(axis=rows), "bias": dy.sum(axis=rows)}
+    return rstd * dx, grads
+
+
+def _softmax_backward(dp, probs, *, term="p", axis=-1):
+    """softmax_backward with one mistake: the sum term left out or without p, or summed over another axis."""
+    if term is None:
+        return probs * dp
+    inner = dp * probs if term == "p" else dp
+    return probs * (dp - inner.sum(axis=axis, keepdims=True))
+
+
+def _attention_backward(dx_out, dg_out, cache, *, global_keys="sum", global_queries=True, scale=True,
+                        query_mask=False):
+    """global_local_attention_backward written plainly, with one mistake switched on: the global keys' and
+    values' gradient from one block only or averaged over blocks, the global queries' attention left out of
+    the keys' and values' gradient, the queries' D^-1/2 dropped, padded queries' gradient zeroed (the mask
+    applied on the query axis)."""
+    q, k, v, gp, lp = cache.q, cache.k, cache.v, cache.global_probs, cache.local_probs
+    B, H, N, K, GK = lp.shape
+    G, Dh, P = GK - K, q.shape[-1], N * K
+    dout = np.concatenate([dg_out, dx_out], axis=1)                                # [B, G+P, M]
+    g_out = {"weight": dout.reshape(-1, dout.shape[-1]).T @ cache.out.x.reshape(-1, dout.shape[-1])}
+    dheads = _L.split_heads(dout @ cache.out.w, H)                                 # [B, H, G+P, D]
+    dlocal = dheads[:, :, G:].reshape(B, H, N, K, Dh)
+    kb, vb = _block(k, G, K), _block(v, G, K)                                      # [B, H, N, G+K, D]
+    dvb = lp.swapaxes(-1, -2) @ dlocal
+    dp = dlocal @ vb.swapaxes(-1, -2)
+    ds = lp * (dp - (dp * lp).sum(-1, keepdims=True))                              # [B, H, N, K, G+K]
+    if query_mask:                                                                 # padded keys' columns are 0
+        kept = (gp[:, :1, :1, G:] > 0).reshape(B, 1, N, K, 1)
+        ds = ds * kept
+    dqb, dkb = ds @ kb, ds.swapaxes(-1, -2) @ q[:, :, G:].reshape(B, H, N, K, Dh)
+    pick = {"sum": lambda a: a.sum(axis=2), "mean": lambda a: a.mean(axis=2), "first": lambda a: a[:, :, 0]}
+    dq = np.concatenate([np.zeros_like(q[:, :, :G]), dqb.reshape(B, H, P, Dh)], axis=2)
+    dk = np.concatenate([pick[global_keys](dkb[:, :, :, :G]), dkb[:, :, :, G:].reshape(B, H, P, Dh)], axis=2)
+    dv = np.concatenate([pick[global_keys](dvb[:, :, :, :G]), dvb[:, :, :, G:].reshape(B, H, P, Dh)], axis=2)
+    dglobal = dheads[:, :, :G]
+    dp = dglobal @ v.swapaxes(-1, -2)
+    ds = gp * (dp - (dp * gp).sum(-1, keepdims=True))                              # [B, H, G, G+P]
+    dq[:, :, :G] += ds @ k
+    if global_queries:
+        dv = dv + gp.swapaxes(-1, -2) @ dglobal
+        dk = dk + ds.swapaxes(-1, -2) @ q[:, :, :G]
+    dq = dq * (Dh ** -0.5 if scale else 1.0)
+    dboth, grads = 0.0, {"out_proj": g_out}
+    for name, d, c in (("q_proj", dq, cache.proj[0]), ("k_proj", dk, cache.proj[1]), ("v_proj", dv, cache.proj[2])):
+        d2 = _L.merge_heads(d)                                                     # [B, G+P, M]
+        grads[name] = {"weight": d2.reshape(-1, d2.shape[-1]).T @ c.x.reshape(-1, c.x.shape[-1])}
+        dboth = dboth + d2 @ c.w
+    return dboth[:, G:], dboth[:, :G], grads
+
+
+def _unstaggered_here(dx_out, dg_out, cache):
+    """The reference's gradients with K/2 positions cut from both ends of dx, as if this function undid the stagger."""
+    dx, dg, grads = REFERENCE["global_local_attention_backward"](dx_out, dg_out, cache)
+    h = cache.local_probs.shape[3] // 2
+    return dx[:, h:-h], dg, grads
+
+
+def _block(k, G, K):
+    B, H, GP, Dh = k.shape
+    N = (GP - G) // K
+    return np.concatenate([np.broadcast_to(k[:, :, None, :G], (B, H, N, G, Dh)),
+                           k[:, :, G:].reshape(B, H, N, K, Dh)], axis=3)
+
+
 # name -> [(what the mistake is, function computing the mistaken outputs from the case's args)]
 VARIANTS = {
     "layer_norm": [
@@ -188,6 +267,44 @@ VARIANTS = {
          "sum / length ** length_penalty, with opts.length_penalty", _beam_with(length_penalty=1.0)),
         ("the length penalty left out (the raw sum); a finished hypothesis scores "
          "sum / length ** length_penalty", _beam_with(length_penalty=0.0))],
+    "layer_norm_backward": [
+        ("the two mean terms left out (dx = rstd * g): x̂ depends on every feature of its row through the mean "
+         "and the variance, so dx = rstd * (g - mean(g) - x̂ * mean(g * x̂)), with g = dy * weight",
+         lambda *a: _layer_norm_backward(*a, means=())),
+        ("the mean of the gradient, mean(g), left out: the mean subtracted in the forward takes it back out, "
+         "dx = rstd * (g - mean(g) - x̂ * mean(g * x̂))", lambda *a: _layer_norm_backward(*a, means=("xhat",))),
+        ("the variance's term, x̂ * mean(g * x̂), left out: the forward divides by the std, which depends on x too",
+         lambda *a: _layer_norm_backward(*a, means=("g",))),
+        ("the means taken over M - 1 (the unbiased variance, as torch.var's default); LayerNorm's variance "
+         "divides by M, and so do both means of its gradient", lambda *a: _layer_norm_backward(*a, ddof=1)),
+        ("the weight (gamma) dropped: the gradient reaching x̂ is g = dy * weight, not dy",
+         lambda *a: _layer_norm_backward(*a, gamma=False)),
+        ("the weight's gradient summed without x̂: y = x̂ * weight + bias, so d weight = Σ_rows dy * x̂",
+         lambda *a: _layer_norm_backward(*a, dweight="dy"))],
+    "softmax_backward": [
+        ("the sum term left out (ds = p * dp): every probability depends on every score of its row through the "
+         "normalization, ds = p * (dp - Σ_C dp * p)", lambda *a: _softmax_backward(*a, term=None)),
+        ("the sum taken over dp alone: it is Σ_C dp * p, each upstream gradient weighted by its probability",
+         lambda *a: _softmax_backward(*a, term="dp")),
+        ("the sum over the wrong axis: softmax normalizes over the last axis (the keys, C), so sum over "
+         "axis=-1 with keepdims=True", lambda *a: _softmax_backward(*a, axis=-2))],
+    "global_local_attention_backward": [
+        ("the global keys' and values' gradient from one block only: every block's keys include the G global "
+         "keys, so their gradient is the sum over the N blocks (axis 2 of [B, H, N, G+K, D]), plus the global "
+         "queries' share", lambda *a: _attention_backward(*a, global_keys="first")),
+        ("the global keys' and values' gradient averaged over the blocks: a value used N times gets the sum "
+         "of the N gradients, not their mean", lambda *a: _attention_backward(*a, global_keys="mean")),
+        ("the global queries' share left out of the keys' and values' gradient: the G global tokens attend "
+         "all G+P keys, so dk and dv also get global_probs' part (ds^T q_global, global_probs^T d global_out)",
+         lambda *a: _attention_backward(*a, global_queries=False)),
+        ("the queries' D^-1/2 factor dropped: the queries were scaled after q_proj, so the gradient reaching "
+         "q_proj's output is dq * D ** -0.5", lambda *a: _attention_backward(*a, scale=False)),
+        ("the mask applied to the gradient on the query axis (padded tokens' gradient zeroed): a padded "
+         "token's query still has an output and so a gradient; the mask hides padded *keys*, whose gradient "
+         "is already 0 because their probabilities are 0", lambda *a: _attention_backward(*a, query_mask=True)),
+        ("the stagger's padding removed here: this function returns the gradient of its own input, all P tokens "
+         "it was given (a staggered layer's P+K); the encoder layer removes the K/2 padded positions at each end "
+         "afterwards (E.stagger_backward)", _unstaggered_here)],
     "encoder_layer": [
         ("the staggered layer's blocks not shifted (no stagger, or the shift not undone)",
          lambda x, g, mask, p, config, staggered, *rest: REFERENCE["encoder_layer"](x, g, mask, p, config, False))],
@@ -215,6 +332,14 @@ ADVICE = {
                        "(x has B*R rows, the keys B).",
     "decoder_layer": "pre-LayerNorm: self-attention, then cross-attention, then the FFN, each on its own layer "
                      "norm and added to the residual; return the self-attention cache.",
+    "layer_norm_backward": "with g = dy * weight: dx = rstd * (g - mean(g) - x̂ * mean(g * x̂)), the means over "
+                           "the M features of each row; d weight = Σ_rows dy * x̂, d bias = Σ_rows dy.",
+    "softmax_backward": "ds = p * (dp - Σ_C dp * p), the sum over the last axis with keepdims=True.",
+    "global_local_attention_backward": "go back through out_proj, then each attention as "
+                                       "probs -> scores -> q, k, v; a global key or value gets the sum of every "
+                                       "block's share and the global queries'; dq * D ** -0.5 before q_proj; "
+                                       "tokens and global tokens share the projections (one product over the "
+                                       "joint [B, G+P, M] rows).",
     "beam_step": "the 2W best continuations of all beams together (log-prob + beam score, top over W*V); the W "
                  "best that do not end in EOS become the beams, in score order.",
 }

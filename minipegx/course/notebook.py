@@ -17,6 +17,8 @@ RUBRIC = {
     "stagger": 2, "encoder_layer": 3,                             # 4 · staggered blocks, the encoder layer
     "self_attention": 3, "cross_kv": 1, "cross_attention": 3,     # 5 · the decoder's attention and caches
     "beam_step": 4,                                               # 6 · one step of beam search
+    "layer_norm_backward": 2, "softmax_backward": 2,              # 7 · backward passes: layer norm, softmax,
+    "global_local_attention_backward": 4,                         #     block-local attention
 }
 SKIP_TAG = "grader_skip"           # the check cells: the grader checks the functions itself
 MAX_NOTEBOOK_BYTES = 20 * 2**20    # a submission is source code; anything larger is refused unread

@@ -12,7 +12,8 @@
 # You will write, one function at a time, the pieces of PEGASUS-X (Phang, Zhao & Liu 2022,
 # [arXiv:2208.04347](https://arxiv.org/abs/2208.04347)): layer norm and the FFN, the sinusoidal positions,
 # block-local attention with global tokens, staggered blocks and the encoder layer, the decoder's
-# attention with its caches, and one step of beam search.
+# attention with its caches, one step of beam search and, for training, three backward passes (layer
+# norm, softmax, block-local attention).
 #
 # Every exercise is a function with minipegx's own name and signature. Replace each
 # `raise NotImplementedError` with your code, then run the **check cell** below it:
@@ -372,4 +373,116 @@ check_function("beam_step", beam_step)
 #
 # `total.reshape(B, W * V)` then `Gen.top_k(total, 2 * W)`; `parents, tokens = idx // V, idx % V`. The new
 # beams are the candidates' sequences `Gen.gather(state.running, parents)` with the token appended.
+# </details>
+#
+# ## Exercise 7 · Backward passes: layer norm, softmax and block-local attention (2 + 2 + 4 points)
+#
+# Training needs the gradient of the loss with respect to every parameter. minipegx writes each backward
+# pass by hand beside its forward (no autograd engine, as in CS231n and llm.c; docs/backward.md): a
+# `x_forward(...)` returns its output and a **cache** of what the backward needs, and `x_backward(dy, cache)`
+# takes the gradient of the loss with respect to the output, `dy`, and returns the gradient with respect to
+# the input and the parameters' gradients, keyed by the checkpoint's names. You write three of them, with
+# minipegx's own signatures, so they can replace minipegx's inside a real training step:
+#
+# * `layer_norm_backward(dy, cache)`: `cache` is what `L.layer_norm_forward(x, p)` keeps, `(xhat, rstd, w)`:
+#   the normalized input x̂ = (x - mean) * rstd `[..., M]`, `rstd = 1 / sqrt(var + eps)` `[..., 1]` and the
+#   weight `[M]`. Return `dx [..., M]` and `{"weight": [M], "bias": [M]}` (summed over every row).
+# * `softmax_backward(dp, probs)`: `probs = softmax(s)` over the last axis; return `ds`, same shape. (minipegx's
+#   own writes into `dp` to save memory; yours may return a new array.)
+# * `global_local_attention_backward(dx_out, dg_out, cache)`: the gradients of exercise 3's two outputs,
+#   tokens `[B, P, M]` and global tokens `[B, G, M]`, and what `E.global_local_attention_forward` keeps:
+#   `cache.proj`, the q/k/v projections' `(x, w)` (`x` the joint input `[B, G+P, M]`, **globals first**,
+#   `w` the weight `[M, M]`); `cache.q, cache.k, cache.v` `[B, H, G+P, D]` (q already multiplied by D^-1/2);
+#   `cache.global_probs [B, H, G, G+P]`, `cache.local_probs [B, H, N, K, G+K]`; `cache.out`, out_proj's
+#   `(x, w)` (the merged heads `[B, G+P, M]`). Return `dx [B, P, M]`, `dg [B, G, M]` and
+#   `{"q_proj": {"weight": [M, M]}, "k_proj": ..., "v_proj": ..., "out_proj": ...}`.
+#   Useful: `L.linear_backward(dy, cache.out, bias=False)` (returns dx and `{"weight"}`), `L.split_heads`,
+#   `L.merge_heads`, `E.block_keys(k, G, K)` (each block's keys: `[B, H, N, G+K, D]`) and `L.softmax_backward`.
+#
+# The checks run in **float64**, as gradient checks are: on their own against minipegx's gradients (the
+# upstream gradient is random at every position, padded ones included: your function must be the whole
+# gradient of the forward), then in place in a training step of the demo model
+# (`minipegx.training.loss_and_grads`), where every parameter's gradient must not change. A staggered layer
+# calls the same attention on its padded `[B, P+K, M]` tokens; removing the K/2 padded positions at each end
+# from the gradient is the encoder layer's job (`E.stagger_backward`), not yours here.
+
+# %%
+def layer_norm_backward(dy, cache):
+    """dy [..., M]; cache (xhat [..., M], rstd [..., 1], w [M]) from L.layer_norm_forward.
+    Returns dx [..., M] and {"weight": [M], "bias": [M]}."""
+    ### BEGIN SOLUTION
+    xhat, rstd, w = cache
+    rows = tuple(range(dy.ndim - 1))                                              # every axis but M
+    g = dy * w                                                                    # [..., M] d xhat
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return dx, {"weight": (dy * xhat).sum(axis=rows), "bias": dy.sum(axis=rows)}
+    ### END SOLUTION
+
+
+def softmax_backward(dp, probs):
+    """dp, probs [..., C], probs = softmax(s) over the last axis. Returns ds [..., C]."""
+    ### BEGIN SOLUTION
+    return probs * (dp - (dp * probs).sum(axis=-1, keepdims=True))               # [..., C] - [..., 1]
+    ### END SOLUTION
+
+
+def global_local_attention_backward(dx_out, dg_out, cache):
+    """dx_out [B, P, M], dg_out [B, G, M]: the gradients of global_local_attention's two outputs; cache from
+    E.global_local_attention_forward. Returns dx [B, P, M], dg [B, G, M] and
+    {"q_proj": {"weight": [M, M]}, "k_proj": ..., "v_proj": ..., "out_proj": ...}."""
+    ### BEGIN SOLUTION
+    q, k, v = cache.q, cache.k, cache.v                                           # [B, H, G+P, D]
+    B, H, N, K, GK = cache.local_probs.shape
+    G, D, P = GK - K, q.shape[-1], N * K
+    dout = np.concatenate([dg_out, dx_out], axis=1)                               # [B, G+P, M] globals first
+    dmerged, g_out = L.linear_backward(dout, cache.out, bias=False)               # [B, G+P, M]
+    dheads = L.split_heads(dmerged, H)                                            # [B, H, G+P, D]
+
+    # tokens: out = local_probs @ block values, probs = softmax(q k^T + mask) per block
+    dlocal = dheads[:, :, G:].reshape(B, H, N, K, D)                              # [B, H, N, K, D]
+    kb, vb = E.block_keys(k, G, K), E.block_keys(v, G, K)                         # [B, H, N, G+K, D]
+    dvb = cache.local_probs.swapaxes(-1, -2) @ dlocal                             # [B, H, N, G+K, D]
+    ds = L.softmax_backward(dlocal @ vb.swapaxes(-1, -2), cache.local_probs)      # [B, H, N, K, G+K]
+    dqb = ds @ kb                                                                 # [B, H, N, K, D]
+    dkb = ds.swapaxes(-1, -2) @ q[:, :, G:].reshape(B, H, N, K, D)                # [B, H, N, G+K, D]
+    # a global key/value is in every block: its gradient is the sum over the N blocks
+    dq = np.concatenate([np.zeros_like(q[:, :, :G]), dqb.reshape(B, H, P, D)], axis=2)           # [B, H, G+P, D]
+    dk = np.concatenate([dkb[:, :, :, :G].sum(axis=2), dkb[:, :, :, G:].reshape(B, H, P, D)], axis=2)
+    dv = np.concatenate([dvb[:, :, :, :G].sum(axis=2), dvb[:, :, :, G:].reshape(B, H, P, D)], axis=2)
+
+    # global tokens: out = global_probs @ v over all G+P keys
+    dglobal = dheads[:, :, :G]                                                    # [B, H, G, D]
+    dv = dv + cache.global_probs.swapaxes(-1, -2) @ dglobal                       # [B, H, G+P, D]
+    ds = L.softmax_backward(dglobal @ v.swapaxes(-1, -2), cache.global_probs)     # [B, H, G, G+P]
+    dq[:, :, :G] += ds @ k                                                        # [B, H, G, D]
+    dk = dk + ds.swapaxes(-1, -2) @ q[:, :, :G]                                   # [B, H, G+P, D]
+
+    # the shared projections of the joint rows; q was scaled by D^-1/2 after q_proj
+    grads, dboth = {"out_proj": g_out}, 0.0
+    for name, d, lin in (("q_proj", dq * D ** -0.5, cache.proj[0]), ("k_proj", dk, cache.proj[1]),
+                         ("v_proj", dv, cache.proj[2])):
+        dx, grads[name] = L.linear_backward(L.merge_heads(d), lin, bias=False)   # [B, G+P, M]
+        dboth = dboth + dx
+    return dboth[:, G:], dboth[:, :G], grads
+    ### END SOLUTION
+
+
+# %% tags=["grader_skip"]
+check_function("layer_norm_backward", layer_norm_backward)
+
+# %% tags=["grader_skip"]
+check_function("softmax_backward", softmax_backward)
+
+# %% tags=["grader_skip"]
+check_function("global_local_attention_backward", global_local_attention_backward)
+
+# %% [markdown]
+# <details><summary>Hint</summary>
+#
+# Layer norm: with g = dy * weight, `dx = rstd * (g - mean(g) - x̂ * mean(g * x̂))`, both means over the M
+# features (M, not M - 1: the variance is the biased one). Softmax: `ds = p * (dp - Σ dp * p)` over the last
+# axis. Attention: the G global keys appear in all N blocks' keys, so their gradient is a **sum** over the
+# blocks (axis 2), plus the global queries' part; the queries were scaled after `q_proj`, so multiply their
+# gradient by `D ** -0.5` before `L.linear_backward`. A padded key's gradient is already 0 (its probability is
+# 0): do not mask the gradient yourself.
 # </details>

@@ -1,0 +1,90 @@
+"""The one seam where minipegx uses several cores outside BLAS: `for_slices`.
+
+BLAS spreads a large matrix product over every core, but the rest of a layer -- softmax, masks, layer
+norms, the small per-block products of the encoder's attention -- is NumPy on one core while the others
+idle (a third of the encoder's time at 2 threads). That work splits into independent pieces (blocks of
+tokens, heads, rows of positions), and NumPy releases the GIL inside its loops and BLAS calls, so a
+small pool of Python threads can hand the pieces out. The layer functions do not know about it: a
+caller writes the work for a slice of pieces once, as it would for all of them, and `for_slices` decides
+how the slices are cut:
+
+  * NumPy with several BLAS threads: one slice per piece (or `step` pieces), handed out to a pool of as
+    many threads as BLAS uses, with BLAS limited to one thread meanwhile (so the pool's threads and
+    BLAS's never compete for the same cores);
+  * NumPy with one BLAS thread: the same slices in a plain loop (a small piece stays in cache);
+  * CuPy: one slice covering every piece, so each product is one batched launch whatever the number of
+    blocks (the GPU runs a batch in parallel by itself; per-piece launches would be thousands of tiny ones).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+
+_state = threading.local()   # .inside: True in a pool thread (a nested for_slices runs as a plain loop)
+_pool = None                 # (process id, ThreadPoolExecutor), made at the first parallel call
+_section = threading.Lock()  # one parallel section at a time: BLAS's thread count is process-wide
+
+
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries loaded now (~1 ms): made afresh at each call, since a
+    library loaded later (another extension's BLAS) would escape a handle kept from an earlier call."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+def workers() -> int:
+    """Threads the seam uses on NumPy: as many as BLAS was given (OPENBLAS_NUM_THREADS, threadpoolctl...)."""
+    info = _blas_controller().info()
+    return max([lib["num_threads"] for lib in info] or [1])
+
+
+def for_slices(work, count, xp, step=1):
+    """Call work(s) for slices s that together cover range(count) once; work writes its results itself
+    (into disjoint parts of arrays the caller allocated) and returns nothing. count may be a tuple, the
+    sizes of a grid (heads x blocks): then work(s1, s2, ...) gets one slice per axis, and the pieces are
+    the grid's cells.
+
+    CuPy: one call over everything, work(slice(0, count)). NumPy: work(slice(i, i + step)) for
+    i = 0, step, 2*step, ... (along every axis of a grid), on a pool of `workers()` threads with BLAS at
+    one thread meanwhile, or in a plain loop when BLAS has one thread, inside a pool thread, or while
+    another thread of the program is in a parallel section (BLAS's thread count is one per process).
+    An exception in any piece is raised here."""
+    counts = count if isinstance(count, tuple) else (count,)
+    if xp is not np:
+        work(*(slice(0, c) for c in counts))
+        return
+    pieces = list(itertools.product(*([slice(i, min(i + step, c)) for i in range(0, c, step)] for c in counts)))
+    threads = 1 if getattr(_state, "inside", False) or len(pieces) < 2 else workers()
+    if threads < 2 or not _section.acquire(blocking=False):
+        for s in pieces:
+            work(*s)
+        return
+    try:
+        _run_on_pool(work, pieces, threads)
+    finally:
+        _section.release()
+
+
+def _run_on_pool(work, pieces, threads):
+    global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers != threads:  # a forked child has no threads
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="minipegx"))
+
+    def run(s):
+        _state.inside = True
+        try:
+            work(*s)
+        finally:
+            _state.inside = False
+
+    with _blas_controller().limit(limits=1):
+        futures = [_pool[1].submit(run, s) for s in pieces]
+        wait(futures)                      # every piece finished (or failed) before BLAS gets its threads back
+    for future in futures:
+        future.result()                    # raises the first failure
