@@ -212,8 +212,8 @@ def main(argv=None):
     path = args.out or os.path.join(HERE, "results", f"train-{name}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"machine": machine(args), "results": [{k: v for k, v in r.items() if k not in ("config", "ckpt")}
-                                                         for r in results]}, f, indent=1)
+        rows = [{k: v for k, v in r.items() if k not in ("config", "ckpt")} for r in results]
+        json.dump({"machine": machine(args, [args.threads]), "results": rows}, f, indent=1)   # one thread count
     print(f"\nwritten to {os.path.relpath(path, ROOT)}")
     return 0
 
