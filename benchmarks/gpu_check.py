@@ -36,8 +36,8 @@ PLAN = dict(beams=4, new_tokens=16)
 
 
 def missing():
-    """Why this machine cannot run the check ('' when it can)."""
-    sys.path.insert(0, ROOT)
+    """Why this machine cannot run the check ('' when it can). Run as `python -m benchmarks.gpu_check` from the
+    repository (or with minipegx installed), so minipegx imports without editing sys.path."""
     from minipegx.backend import cupy_available
 
     if not cupy_available():
