@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from reference import hf_model, save, t, torch
+from training_batches import batch
 
 import minipegx
 from minipegx.config import ACTIVATIONS
@@ -38,21 +39,6 @@ def models(tmp_path_factory, dtype="float64", seed=0, **overrides):
         path = save(ref, tmp_path_factory.mktemp("ckpt"))
         _PAIRS[key] = ref.double(), minipegx.from_pretrained(path, dtype=dtype)
     return _PAIRS[key]
-
-
-def batch(vocab, B=2, T=13, S=6, seed=0):
-    """Inputs of T tokens (row 1 padded after 9: a partial last block of 4 with padding inside), labels with
-    -100 (row 1 after step 4, row 0 at step 3: a pad token fed to the decoder in the middle) and a label 0
-    (the pad id, which the LM head must still learn)."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab, (B, T))
-    mask = np.ones((B, T), np.int64)
-    mask[1, 9:], ids[1, 9:] = 0, 0
-    labels = rng.integers(5, vocab, (B, S))
-    labels[1, 4:] = -100
-    labels[0, 3] = -100
-    labels[0, 1] = 0
-    return ids, mask, labels
 
 
 def torch_loss_and_grads(ref, ids, mask, labels, decoder_attention_mask=None, label_smoothing=0.0):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_cupy_standin import COUNTS, TINY, on_device   # `cp`, the stand-in as cupy: tests/conftest.py
+from training_batches import batch
 
 import minipegx
 from minipegx.training import AdamW, Batch, loss_and_grads, named_parameters, train_step
@@ -40,18 +41,6 @@ DEVICE_INPUT_SYNCS = 6   # + the ids' range, the mask's values, its empty rows, 
 def pair(dtype):
     """(NumPy, stand-in) models of the tiny checkpoint in `dtype`, each with parameters of its own."""
     return tuple(minipegx.from_pretrained(TINY, dtype=dtype, backend=b) for b in ("numpy", "cupy"))
-
-
-def batch(vocab, B=2, T=13, S=6, seed=0):
-    """Row 1 padded after 9 tokens; labels -100 in row 1 after step 4 and at row 0 step 3."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab, (B, T))
-    mask = np.ones((B, T), np.int64)
-    mask[1, 9:], ids[1, 9:] = 0, 0
-    labels = rng.integers(5, vocab, (B, S))
-    labels[1, 4:] = -100
-    labels[0, 3] = -100
-    return ids, mask, labels
 
 
 def relative_errors(got: dict, want: dict) -> dict:
