@@ -321,16 +321,21 @@ def test_a_beam_step_wrong_only_at_the_models_vocabulary_fails_in_place():
 
 
 # --------------------------------------------------- planted bugs written as a student writes them
-def solution_functions(old=None, new=None):
-    """The exercise functions of the SOLUTIONS source, with `old` replaced by `new` (one student bug)."""
+def solution_with(replacements):
+    """The exercise functions of the SOLUTIONS source, each (old, new) of `replacements` applied (student bugs)."""
     source = (EXERCISES / SOLUTIONS).read_text(encoding="utf-8")
-    if old is not None:
+    for old, new in replacements:
         assert source.count(old) == 1, old
         source = source.replace(old, new)
     namespace = {}
     exec(compile("\n".join(line for line in source.splitlines() if not line.startswith("check_function(")),
                  "student.py", "exec"), namespace)
     return namespace
+
+
+def solution_functions(old=None, new=None):
+    """The exercise functions of the SOLUTIONS source, with `old` replaced by `new` (one student bug)."""
+    return solution_with([] if old is None else [(old, new)])
 
 
 NAIVE_SOFTMAX = "(lambda s: np.exp(s) / np.exp(s).sum(-1, keepdims=True))("
@@ -461,17 +466,6 @@ BACKWARD_BUGS = {       # each: the function, [(old, new) in the SOLUTIONS sourc
                                                   "return dboth[:, G + K // 2:-(K // 2)], dboth[:, :G], grads")],
                                            "the stagger's padding removed here"),
 }
-
-
-def solution_with(replacements):
-    source = (EXERCISES / SOLUTIONS).read_text(encoding="utf-8")
-    for old, new in replacements:
-        assert source.count(old) == 1, old
-        source = source.replace(old, new)
-    namespace = {}
-    exec(compile("\n".join(line for line in source.splitlines() if not line.startswith("check_function(")),
-                 "student.py", "exec"), namespace)
-    return namespace
 
 
 @pytest.mark.parametrize("bug", BACKWARD_BUGS)
