@@ -56,6 +56,7 @@ def test_notebook_06s_claims_survive_its_near_ties():
     another machine. So each count is an interval (a near-tied summary counted both ways), and each claim the
     notebook asserts must hold at the interval's worst end. The searches are the notebook's own, batched."""
     from minipegx.generation import greedy_steps
+    from minipegx.generation.margins import greedy_thresholds
     from ties import logprob_noise
 
     tok = minipegx.Tokenizer.from_pretrained(demo_model_path("long"))
@@ -70,13 +71,9 @@ def test_notebook_06s_claims_survive_its_near_ties():
         if name in ("stagger_off", "globals_cut", "full"):
             model = ablate(model, name, length=longest)
         noise = logprob_noise(model, ids, mask)
-        tied = np.zeros(len(docs), bool)                           # [B] a decision within the noise
-        generating = np.ones(len(docs), bool)                      # [B] rows still choosing tokens
-        for step in greedy_steps(model, ids, mask, num_beams=1, max_new_tokens=64):
-            lp = np.asarray(step.top_logprobs)                     # [B, 5] best first
-            tied |= generating & ((lp[:, 0] - lp[:, 1]) / 2 <= noise)   # flip_threshold's rule, per row
-            generating = ~np.asarray(step.finished)
-            last = step
+        steps = list(greedy_steps(model, ids, mask, num_beams=1, max_new_tokens=64))
+        tied = (np.stack(greedy_thresholds(steps)) <= noise).any(axis=0)   # [B] a decision within the noise
+        last = steps[-1]
         right = [tok.decode(seq, skip_special_tokens=True) == d["summary"] for seq, d in zip(last.sequences, docs)]
         low[name] = sum(r and not t for r, t in zip(right, tied)) / len(docs)
         high[name] = sum(r or t for r, t in zip(right, tied)) / len(docs)

@@ -32,16 +32,18 @@ from .search import greedy_steps
 
 
 def greedy_thresholds(steps):
-    """Per step, the smallest log-prob error that could flip a greedy choice: (top-1 - top-2) / 2 over the
-    rows that were still generating (a row that chooses EOS now counts; rows fed pad afterwards do not).
-    `steps` are greedy_steps(...) records."""
-    out, before = [], None
+    """Per step, per row [N], the smallest log-prob error that could flip that row's greedy choice:
+    (top-1 - top-2) / 2 for the rows still generating (a row that chooses EOS now counts), inf for the rows
+    fed pad after their EOS. `steps` are greedy_steps(...) records."""
+    out, generating = [], None
     for s in steps:
         lp = to_numpy(s.top_logprobs)                                # [N, 5] best first
-        deciding = ~before if before is not None else lp[:, 0] == lp[:, 0]   # [N] unfinished before this step
-        gaps = (lp[:, 0] - lp[:, 1])[deciding] if lp.shape[1] > 1 else lp[:0, 0]
-        out.append(float(gaps.min()) / 2 if gaps.size else math.inf)
-        before = to_numpy(s.finished)
+        xp = array_module(lp)
+        if generating is None:
+            generating = xp.ones(len(lp), dtype=bool)                # [N]
+        gaps = lp[:, 0] - lp[:, 1] if lp.shape[1] > 1 else xp.full(len(lp), xp.inf)   # [N]
+        out.append(xp.where(generating, gaps / 2, xp.inf))          # [N]
+        generating = ~to_numpy(s.finished)
     return out
 
 
@@ -106,7 +108,8 @@ def flip_threshold(model, input_ids, attention_mask=None, **options) -> float:
         fail("flip_threshold measures greedy and beam search; sampling draws, it does not compare: "
              "pass do_sample=False")
     if opts.num_beams == 1:
-        return min(greedy_thresholds(greedy_steps(model, input_ids, attention_mask, **options)), default=math.inf)
+        rows = greedy_thresholds(greedy_steps(model, input_ids, attention_mask, **options))
+        return min((float(r.min()) for r in rows), default=math.inf)
     steps = beam_search_steps(model, input_ids, attention_mask, **options)
     return min(beam_thresholds(steps, opts.length_penalty, opts.early_stopping, opts.max_length,
                                opts.num_return_sequences), default=math.inf)
