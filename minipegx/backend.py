@@ -31,6 +31,11 @@ def is_device_array(x) -> bool:
     return cp is not None and (isinstance(x, getattr(cp, "ndarray", ())) or type(x).__module__.split(".")[0] == "cupy")
 
 
+def is_host_module(xp) -> bool:
+    """True for NumPy (the host), False for CuPy: for code handed a module rather than an array."""
+    return xp is np
+
+
 def array_module(x):
     """NumPy or CuPy: the module that owns array ``x``."""
     return _cupy_loaded() if is_device_array(x) else np

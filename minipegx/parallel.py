@@ -23,7 +23,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-import numpy as np
+from .backend import is_host_module
+
 
 _state = threading.local()   # .inside: True in a pool thread (a nested for_slices runs as a plain loop)
 _pool = None                 # (process id, ThreadPoolExecutor), made at the first parallel call
@@ -56,7 +57,7 @@ def for_slices(work, count, xp, step=1):
     another thread of the program is in a parallel section (BLAS's thread count is one per process).
     An exception in any piece is raised here."""
     counts = count if isinstance(count, tuple) else (count,)
-    if xp is not np:
+    if not is_host_module(xp):
         work(*(slice(0, c) for c in counts))
         return
     pieces = list(itertools.product(*([slice(i, min(i + step, c)) for i in range(0, c, step)] for c in counts)))

@@ -12,8 +12,6 @@ T encoder tokens, H heads, D head dim, M d_model, V vocab.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import decoder as D
 from ..backend import array_module, resolve_dtype, to_numpy
 from ..decoding import Decoding, prepare_decoding
@@ -68,11 +66,11 @@ def fetch(checks, *scalars):
     counts = checks.counts()
     if counts is not None:
         parts.append(counts.reshape(-1))
-    host = to_numpy(parts[0] if len(parts) == 1 else xp.concatenate(parts)).tolist()
+    host = to_numpy(parts[0] if len(parts) == 1 else xp.concatenate(parts))    # [n + 2 * checks] int64
     n = len(scalars)
     if counts is not None:
-        checks.settle(np.asarray(host[n:], dtype=np.int64).reshape(-1, 2))
-    return host[:n]
+        checks.settle(host[n:].reshape(-1, 2))
+    return host[:n].tolist()
 
 
 def reorder_cache(cache, index):

@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
-
-from ..backend import array_module, to_device, to_numpy
+from ..backend import array_module, is_device_array, to_device, to_numpy
 
 
 def log_softmax(x):
@@ -121,7 +119,7 @@ def warp_for_sampling(scores, opts, keep):
     V = scores.shape[-1]
     if opts.top_k != 0:
         k = min(max(opts.top_k, keep), V)
-        if xp is np:
+        if not is_device_array(scores):
             kth = -xp.partition(-scores, k - 1, axis=-1)[:, k - 1:k]        # [N, 1] k-th largest
             scores = ban(scores, scores < kth)
         else:                                                               # no sort on a GPU (see kth_key)
@@ -163,17 +161,17 @@ def top_k(x, k):
     picked one by one with argmax, which also takes the lowest index among ties: the same result."""
     xp = array_module(x)
     n = x.shape[-1]
-    if xp is not np:
+    if is_device_array(x):
         return top_k_by_argmax(x, k)
     if k < n:
-        sel = np.where(x == x, x, -np.inf)                                  # NaN counts as -inf (last)
-        kth = -np.partition(-sel, k - 1, axis=-1)[..., k - 1:k]             # [..., 1] the k-th largest
+        sel = xp.where(x == x, x, -xp.inf)                                  # NaN counts as -inf (last)
+        kth = -xp.partition(-sel, k - 1, axis=-1)[..., k - 1:k]             # [..., 1] the k-th largest
         above, tie = sel > kth, sel == kth
         room = k - above.sum(axis=-1, keepdims=True)                        # ties that still fit
-        chosen = above | (tie & (np.cumsum(tie, axis=-1) <= room))          # exactly k per row
-        idx = np.nonzero(chosen)[-1].reshape(*x.shape[:-1], k)              # ascending index
+        chosen = above | (tie & (xp.cumsum(tie, axis=-1) <= room))          # exactly k per row
+        idx = xp.nonzero(chosen)[-1].reshape(*x.shape[:-1], k)              # ascending index
     else:
-        idx = np.broadcast_to(np.arange(n), x.shape)
+        idx = xp.broadcast_to(xp.arange(n), x.shape)
     order = xp.argsort(-xp.take_along_axis(x, idx, axis=-1), axis=-1, kind="stable")
     idx = xp.take_along_axis(idx, order, axis=-1)
     return xp.take_along_axis(x, idx, axis=-1), idx
@@ -200,7 +198,7 @@ def order_key(x):
     """float32 -> int64 keys in the same order (negative floats' bits reversed), so the k-th largest value
     can be found by bisection on integers. x [..., n] -> [..., n]."""
     xp = array_module(x)
-    bits = xp.ascontiguousarray(x.astype("float32")).view(np.int32).astype("int64")
+    bits = xp.ascontiguousarray(x.astype("float32")).view("int32").astype("int64")
     return xp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
 
