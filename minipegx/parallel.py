@@ -39,9 +39,9 @@ def _blas_controller():
     return ThreadpoolController().select(user_api="blas")
 
 
-def workers() -> int:
+def workers(blas=None) -> int:
     """Threads the seam uses on NumPy: as many as BLAS was given (OPENBLAS_NUM_THREADS, threadpoolctl...)."""
-    info = _blas_controller().info()
+    info = (blas or _blas_controller()).info()
     return max([lib["num_threads"] for lib in info] or [1])
 
 
@@ -61,18 +61,22 @@ def for_slices(work, count, xp, step=1):
         work(*(slice(0, c) for c in counts))
         return
     pieces = list(itertools.product(*([slice(i, min(i + step, c)) for i in range(0, c, step)] for c in counts)))
-    threads = 1 if getattr(_state, "inside", False) or len(pieces) < 2 else workers()
+    if getattr(_state, "inside", False) or len(pieces) < 2:
+        blas, threads = None, 1
+    else:
+        blas = _blas_controller()                # one handle per section: read the threads, then limit them
+        threads = workers(blas)
     if threads < 2 or not _section.acquire(blocking=False):
         for s in pieces:
             work(*s)
         return
     try:
-        _run_on_pool(work, pieces, threads)
+        _run_on_pool(work, pieces, threads, blas)
     finally:
         _section.release()
 
 
-def _run_on_pool(work, pieces, threads):
+def _run_on_pool(work, pieces, threads, blas):
     global _pool
     if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers != threads:  # a forked child has no threads
         _pool = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="minipegx"))
@@ -84,7 +88,7 @@ def _run_on_pool(work, pieces, threads):
         finally:
             _state.inside = False
 
-    with _blas_controller().limit(limits=1):
+    with blas.limit(limits=1):
         futures = [_pool[1].submit(run, s) for s in pieces]
         wait(futures)                      # every piece finished (or failed) before BLAS gets its threads back
     for future in futures:
