@@ -17,6 +17,11 @@ count in the other's memory. One warm-up step (it also allocates AdamW's moments
 memory is reset and `--repeat` steps are timed: peak memory holds the weights, the two moments and everything a
 step allocates. On a GPU the peak is torch's max_memory_allocated and CuPy's memory pool size.
 
+Each worker runs under a cap on its address space (--memory-cap, default: the machine's memory less 2 GiB), so a
+configuration that does not fit fails with its own out-of-memory error, recorded as a row ("out of memory"), rather
+than the kernel's OOM killer ending some other process (pegasus-x-base at 16k tokens does not fit in 24 GB for
+torch eager, which keeps every activation).
+
 Results: a table of ratios (minipegx / torch, below 1 is faster or smaller) and benchmarks/results/train-<name>.json.
 """
 
@@ -67,7 +72,30 @@ def inputs(B, T, S, vocab, seed=0):
     return ids, mask, labels
 
 
+def out_of_memory(error) -> bool:
+    """NumPy's MemoryError, or torch's CPU allocator refusing (a RuntimeError naming the allocation)."""
+    return isinstance(error, MemoryError) or "can't allocate memory" in str(error) or "out of memory" in str(error)
+
+
 def worker(job):
+    """One configuration's steps in this process -> its figures, or {"error": "out of memory", ...}."""
+    from benchmarks.bench import memory_now
+
+    if job.get("memory_cap"):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (job["memory_cap"], job["memory_cap"]))
+    try:
+        return run_steps(job)
+    except Exception as error:  # noqa: BLE001 - only running out of memory is a result; the rest re-raised
+        if not out_of_memory(error):
+            raise
+        rss, hwm = memory_now()
+        return dict(error="out of memory", detail=str(error).splitlines()[0][:200], peak_rss=hwm, rss_end=rss,
+                    seconds=None, first_loss=None, device_peak_bytes=None, load=os.getloadavg()[0])
+
+
+def run_steps(job):
     from benchmarks.bench import memory_now, peak_reset
 
     B, T, S = job["B"], job["T"], job["S"]
@@ -134,6 +162,16 @@ def worker(job):
 
 
 # ============================================================================== parent side
+def default_memory_cap():
+    """The machine's memory (MemTotal) less 2 GiB, in bytes; None where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration):
+        return None
+    return total - 2 * 2**30
+
+
 def run_worker(job, timeout):
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
@@ -155,11 +193,15 @@ def table(results):
              "| --- | --- | --- | --- | --- | --- |"]
     for case in dict.fromkeys(r["case"] for r in results):
         rows = [r for r in results if r["case"] == case]
-        ref = next((r for r in rows if r["side"] == "torch"), None)
+        ref = next((r for r in rows if r["side"] == "torch" and not r.get("error")), None)
         for r in rows:
+            name = r["side"] + (" (recompute)" if r["recompute"] else "")
+            if r.get("error"):
+                cap = f" (cap {r['memory_cap'] / 2**30:.1f} GiB)" if r.get("memory_cap") else ""
+                lines.append(f"| {case} | {name} | {r['error']}{cap} | - | - | - |")
+                continue
             mem = r["device_peak_bytes"] if r["device"] == "cuda" else r["peak_rss"]
             ref_mem = None if ref is None else (ref["device_peak_bytes"] if r["device"] == "cuda" else ref["peak_rss"])
-            name = r["side"] + (" (recompute)" if r["recompute"] else "")
             t_ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
             m_ratio = f"{mem / ref_mem:.2f}" if ref and mem and ref_mem else "-"
             lines.append(f"| {case} | {name} | {r['seconds']:.3f} | {t_ratio} | "
@@ -176,6 +218,8 @@ def main(argv=None):
     ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per configuration")
+    ap.add_argument("--memory-cap", type=float, default=None,
+                    help="GiB of address space per worker (default: the machine's memory less 2 GiB; 0: no cap)")
     ap.add_argument("--name", default=None, help="results file: benchmarks/results/train-<name>.json")
     ap.add_argument("--out", help="write the results JSON here instead")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -190,6 +234,7 @@ def main(argv=None):
 
     from benchmarks.bench import machine
 
+    cap = default_memory_cap() if args.memory_cap is None else int(args.memory_cap * 2**30)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         configs = {}
@@ -200,9 +245,14 @@ def main(argv=None):
                 configs[shape] = write_checkpoint(shape, ckpt)
             for side, recompute in (("torch", False), ("minipegx", False), ("minipegx", True)):
                 job = dict(case=case, side=side, recompute=recompute, ckpt=ckpt, config=configs[shape], B=B, T=T,
-                           S=S, threads=args.threads, repeat=args.repeat, device=args.device)
+                           S=S, threads=args.threads, repeat=args.repeat, device=args.device,
+                           memory_cap=cap if args.device == "cpu" else None)
                 r = run_worker(job, args.timeout)
                 results.append(r)
+                if r.get("error"):
+                    print(f"{case:9s} {side:8s} recompute={recompute!s:5s}  {r['error']} ({r['detail']}), "
+                          f"peak {(r['peak_rss'] or 0) / 2**30:.2f} GiB", flush=True)
+                    continue
                 print(f"{case:9s} {side:8s} recompute={recompute!s:5s}  {r['seconds']:.3f} s/step  "
                       f"peak {(r['device_peak_bytes'] or r['peak_rss'] or 0) / 2**30:.2f} GiB  "
                       f"loss {r['first_loss']:.4f}", flush=True)

@@ -34,3 +34,23 @@ def test_toy_training_benchmark_writes_every_configuration(tmp_path):
     for r in runs.values():
         assert r["seconds"] > 0 and (r["peak_rss"] is None or r["peak_rss"] > 0)
         assert LOGITS.holds(r["first_loss"], runs["torch", False]["first_loss"])
+
+
+def test_a_configuration_out_of_memory_is_a_row_not_a_crash(monkeypatch):
+    """A worker whose steps run out of memory (NumPy's MemoryError, or torch's allocator refusing) reports it as
+    its result, and the table shows it in place of a time; any other failure still propagates."""
+    from benchmarks import train_bench
+
+    def refuse(job):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 3221225472 bytes")
+
+    monkeypatch.setattr(train_bench, "run_steps", refuse)
+    job = dict(case="base-16k", side="torch", recompute=False, memory_cap=None)
+    row = {**job, **train_bench.worker(job)}
+    assert row["error"] == "out of memory" and "DefaultCPUAllocator" in row["detail"]
+    assert "| base-16k | torch | out of memory | - | - | - |" in train_bench.table([row])
+
+    monkeypatch.setattr(train_bench, "run_steps", lambda job: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train_bench.worker(job)
