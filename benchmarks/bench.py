@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.limits import gemm_rate, gemm_shapes, read_bandwidth, step_bytes
+from benchmarks.limits import few_row_read_rate, gemm_rate, gemm_shapes, read_bandwidth, step_bytes
 from benchmarks.report import machine, print_table, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -290,6 +290,7 @@ def measure(side, config, job):
         result["gemm_gflops"], _ = gemm_rate(side, gemm_shapes(config, job["length"]), rounds=3)
     if side.name == "minipegx" and job["task"] == "beam":
         result["read_gbs"] = read_bandwidth(side, rounds=3)
+        result["few_row_gbs"] = few_row_read_rate(side, config, rows=job["beams"])
     return result
 
 

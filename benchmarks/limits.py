@@ -6,6 +6,12 @@
   * the read bandwidth a decoding step gets: a matrix-vector product over a 256 MB float32 matrix (what every
     linear layer of a decoding step is), best of a few rounds. A beam step's *memory floor* is the bytes
     it must read (step_bytes) at that rate;
+  * the read rate of a decoding step's own products: [R, M] @ [M, O] with R = the beam's rows (4) over the
+    decoder's weight shapes and the LM head, the better of x W^T and (W x^T)^T, best of a few rounds. This is not
+    a limit of the step but of the BLAS under it: a matrix-vector product streams its matrix at the machine's
+    bandwidth, while a product with a few rows runs OpenBLAS's packing GEMM, which reads at a fraction of it.
+    A step's bytes at this rate (the *few-row product time*) say how much of its distance from the memory floor
+    is the BLAS kernel's and how much is minipegx's;
   * the CPU: model, the instruction sets that decide the kernels (AVX2, AVX-512, AVX512-BF16, AMX), and
     the kernel family NumPy's BLAS picked (threadpoolctl), plus the load average.
 """
@@ -82,6 +88,24 @@ def read_bandwidth(side, nbytes=2**28, cols=768, rounds=4):
     x = side.random((cols,))
     best = best_seconds(lambda: w @ x, side.sync, rounds)
     return w.shape[0] * w.shape[1] * 4 / best / 1e9
+
+
+def few_row_read_rate(side, config, rows=4, rounds=3):
+    """GB/s of weight read by [rows, I] @ [I, O] products over a decoding step's weight shapes: each decoder
+    layer's M x M (self q/k/v/out, cross q/out), F x M and M x F products and the LM head's V x M, weighted by
+    their bytes, every weight distinct (so each product reads its weight from memory, as a step does), with the
+    better of the two operand orders for each shape."""
+    M, F, V = config["d_model"], config["decoder_ffn_dim"], config["vocab_size"]
+    shapes = [((M, M), 6), ((F, M), 1), ((M, F), 1), ((V, M), 1)]
+    nbytes, seconds = 0, 0.0
+    for (o, i), count in shapes:
+        copies = max(2, -(-2**27 // (o * i * 4)))          # at least 128 MB in all: more than any cache
+        ws, x = [side.random((o, i)) for _ in range(copies)], side.random((rows, i))
+        best = min(best_seconds(lambda: [x @ w.T for w in ws], side.sync, rounds),       # noqa: B023 - used at once
+                   best_seconds(lambda: [(w @ x.T).T for w in ws], side.sync, rounds))   # noqa: B023
+        nbytes += o * i * 4 * count
+        seconds += best / copies * count
+    return nbytes / seconds / 1e9
 
 
 def step_bytes(config, T, rows, steps):

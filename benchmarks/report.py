@@ -104,6 +104,12 @@ def _rows(threads, results, config, encoder_flops, step_bytes):
         if floor:
             row(f"beam search {L} tokens, memory floor of a step", "s", floor, floor)
             row(f"beam search {L} tokens, read bandwidth for the floor", "GB/s", read, read)
+        few = m.get("few_row_gbs")               # what BLAS gives [rows, M] @ [M, O]: the kernel's share of the gap
+        if few:
+            kernel = step_bytes(config, L, m["rows"], m["steps"]) / few / 1e9
+            row(f"beam search {L} tokens, the step's bytes at the few-row product rate", "s", kernel, kernel,
+                (ratio(kernel, floor), ratio(kernel, floor)))
+            row(f"beam search {L} tokens, few-row product read rate", "GB/s", few, few)
         row(f"beam search {L} tokens, peak memory", "GiB", gib(m["peak_rss"] or m["maxrss_process"]),
             gib(t["peak_rss"] or t["maxrss_process"]))
         if m.get("device_peak_bytes") is not None:

@@ -56,6 +56,9 @@ def test_quick_toy_benchmark_writes_the_table_as_json(tmp_path):
     assert {f"encoder {L} tokens" for L in plan["encoder_lengths"]} <= limited
     assert {f"encoder {L} tokens, first call" for L in plan["encoder_lengths"]} <= limited
     assert {f"beam search {L} tokens, per decoding step" for L in plan["beam_lengths"]} <= limited
+    # ... and beside the floor, the same bytes at the rate BLAS reads them in a step's few-row products.
+    assert {f"beam search {L} tokens, the step's bytes at the few-row product rate" for L in plan["beam_lengths"]} <= limited
+    assert all(r["few_row_gbs"] > 0 for r in report["results"] if r["task"] == "beam" and r["side"] == "minipegx")
     assert report["machine"]["cpu"] is not None and "load_average" in report["machine"]
     # Same random weights, same beam search: the same ids (toy model, fp32).
     assert all(report["same_beam_search_ids"].values())
