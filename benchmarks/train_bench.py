@@ -47,6 +47,11 @@ DEMO = dict(vocab_size=784, d_model=128, encoder_layers=3, decoder_layers=2, enc
 CASES = {"demo": ("demo", 4, 2000, 64), "base-4k": ("base", 1, 4096, 128), "base-16k": ("base", 1, 16384, 128),
          "toy": ("toy", 2, 64, 8)}          # toy: the smoke test's, seconds; not run by default
 DEFAULT = ("demo", "base-4k", "base-16k")
+CONFIGS = (("torch", False), ("torch", True), ("minipegx", False), ("minipegx", True))   # (side, recompute)
+
+
+def config_name(side, recompute):
+    return side + ("-recompute" if recompute else "")
 
 
 def write_checkpoint(shape, directory):
@@ -126,6 +131,8 @@ def run_steps(job):
         torch.set_num_threads(job["threads"])
         dev = "cuda" if cuda else "cpu"
         model = transformers.PegasusXForConditionalGeneration.from_pretrained(job["ckpt"]).to(dev).train()
+        if job["recompute"]:                # transformers' own recomputation: each layer rerun in the backward
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         tids, tmask, tlabels = (torch.tensor(a, device=dev) for a in (ids, mask, labels))
 
@@ -188,24 +195,32 @@ def run_worker(job, timeout):
 
 
 def table(results):
-    """Rows: per case, torch's step, then minipegx's without and with recomputation, with the ratios."""
-    lines = ["| case | library | step (s) | ratio | peak memory (GiB) | ratio |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """Rows: per case, each configuration's step time and peak memory, with the ratios to torch eager and to torch
+    with gradient checkpointing (the fair comparison for recomputation; the only one where eager does not fit)."""
+    lines = ["| case | library | step (s) | vs torch | vs torch (recompute) | peak memory (GiB) | vs torch | "
+             "vs torch (recompute) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def peak(r):
+        return r["device_peak_bytes"] if r.get("device") == "cuda" else r["peak_rss"]
+
+    def over(a, b):
+        return f"{a / b:.2f}" if a and b else "-"
+
     for case in dict.fromkeys(r["case"] for r in results):
         rows = [r for r in results if r["case"] == case]
-        ref = next((r for r in rows if r["side"] == "torch" and not r.get("error")), None)
+        refs = [next((r for r in rows if r["side"] == "torch" and r["recompute"] == recompute and not r.get("error")),
+                     None) for recompute in (False, True)]
         for r in rows:
             name = r["side"] + (" (recompute)" if r["recompute"] else "")
             if r.get("error"):
                 cap = f" (cap {r['memory_cap'] / 2**30:.1f} GiB)" if r.get("memory_cap") else ""
-                lines.append(f"| {case} | {name} | {r['error']}{cap} | - | - | - |")
+                lines.append(f"| {case} | {name} | {r['error']}{cap} | - | - | "
+                             f"> {(r.get('peak_rss') or 0) / 2**30:.2f} | - | - |")
                 continue
-            mem = r["device_peak_bytes"] if r["device"] == "cuda" else r["peak_rss"]
-            ref_mem = None if ref is None else (ref["device_peak_bytes"] if r["device"] == "cuda" else ref["peak_rss"])
-            t_ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
-            m_ratio = f"{mem / ref_mem:.2f}" if ref and mem and ref_mem else "-"
-            lines.append(f"| {case} | {name} | {r['seconds']:.3f} | {t_ratio} | "
-                         f"{(mem or 0) / 2**30:.2f} | {m_ratio} |")
+            times = [over(r["seconds"], ref and ref["seconds"]) for ref in refs]
+            mems = [over(peak(r), ref and peak(ref)) for ref in refs]
+            lines.append(f"| {case} | {name} | {r['seconds']:.3f} | {times[0]} | {times[1]} | "
+                         f"{(peak(r) or 0) / 2**30:.2f} | {mems[0]} | {mems[1]} |")
     return "\n".join(lines)
 
 
@@ -218,6 +233,10 @@ def main(argv=None):
     ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per configuration")
+    ap.add_argument("--configs", nargs="+", choices=[config_name(*c) for c in CONFIGS],
+                    help="run only these configurations (default: all four)")
+    ap.add_argument("--append", action="store_true",
+                    help="add to the results file's rows (replacing rows of the same case and configuration)")
     ap.add_argument("--memory-cap", type=float, default=None,
                     help="GiB of address space per worker (default: the machine's memory less 2 GiB; 0: no cap)")
     ap.add_argument("--name", default=None, help="results file: benchmarks/results/train-<name>.json")
@@ -243,7 +262,9 @@ def main(argv=None):
             ckpt = os.path.join(tmp, shape)
             if shape not in configs:
                 configs[shape] = write_checkpoint(shape, ckpt)
-            for side, recompute in (("torch", False), ("minipegx", False), ("minipegx", True)):
+            for side, recompute in CONFIGS:
+                if args.configs and config_name(side, recompute) not in args.configs:
+                    continue
                 job = dict(case=case, side=side, recompute=recompute, ckpt=ckpt, config=configs[shape], B=B, T=T,
                            S=S, threads=args.threads, repeat=args.repeat, device=args.device,
                            memory_cap=cap if args.device == "cpu" else None)
@@ -256,10 +277,16 @@ def main(argv=None):
                 print(f"{case:9s} {side:8s} recompute={recompute!s:5s}  {r['seconds']:.3f} s/step  "
                       f"peak {(r['device_peak_bytes'] or r['peak_rss'] or 0) / 2**30:.2f} GiB  "
                       f"loss {r['first_loss']:.4f}", flush=True)
-    print()
-    print(table(results))
     name = args.name or f"{args.device}-{args.threads}thread" + ("" if args.only is None else "-" + "-".join(args.only))
     path = args.out or os.path.join(HERE, "results", f"train-{name}.json")
+    if args.append and os.path.exists(path):
+        with open(path) as f:
+            kept = [r for r in json.load(f)["results"]
+                    if not any((r["case"], r["side"], r["recompute"]) == (n["case"], n["side"], n["recompute"])
+                               for n in results)]
+        results = kept + results
+    print()
+    print(table(results))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         rows = [{k: v for k, v in r.items() if k not in ("config", "ckpt")} for r in results]
