@@ -13,10 +13,24 @@ from .backend import array_module, finfo
 from .blocks import padded_length, stagger_shift
 from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, record,
                      sinusoidal_positions, softmax, split_heads)
-from .parallel import for_slices
+from .parallel import for_slices, one_blas_thread
 from .precision import FiniteChecks, matmul, residual, scores
 
-FFN_ROWS = 512   # positions per piece of the FFN on NumPy: BLAS is as fast on [512, M] as on all rows
+FFN_ROWS = 512   # positions per piece of the FFN and the projections on NumPy: BLAS is as fast on [512, M] as on all rows
+
+
+def linear_rows(x, w):
+    """linear(x, w) for x [B, R, I] -> [B, R, O], the R rows in pieces of FFN_ROWS handed out through the
+    parallel seam, so the attention's projections share the cores as the FFN does (inside the encoder BLAS
+    itself stays at one thread: parallel.one_blas_thread)."""
+    xp = array_module(x)
+    out = xp.empty(x.shape[:-1] + (w.shape[0],), x.dtype)      # [B, R, O]
+
+    def rows_of(rows):                                           # a slice of the R rows
+        out[:, rows] = linear(x[:, rows], w)                     # [B, r, I] @ [I, O] -> [B, r, O]
+
+    for_slices(rows_of, x.shape[1], xp, step=FFN_ROWS)
+    return out
 
 
 def attend(q, k, v, mask):
@@ -49,10 +63,10 @@ def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentio
     # the global tokens' keys), as one [G+P, M] @ [M, M] product each. Queries are pre-scaled by D^-1/2,
     # as the reference does (q_proj(x) * scaling).
     both = xp.concatenate([g, x], axis=1)                        # [B, G+P, M]
-    q = split_heads(linear(both, w["q_proj"]), H)                # [B, H, G+P, D]
+    q = split_heads(linear_rows(both, w["q_proj"]), H)           # [B, H, G+P, D]
     q *= D ** -0.5                                               # in place: q is our own
-    k = split_heads(linear(both, w["k_proj"]), H)                # [B, H, G+P, D]
-    v = split_heads(linear(both, w["v_proj"]), H)                # [B, H, G+P, D]
+    k = split_heads(linear_rows(both, w["k_proj"]), H)           # [B, H, G+P, D]
+    v = split_heads(linear_rows(both, w["v_proj"]), H)           # [B, H, G+P, D]
     # The attention outputs, globals first, stored as [B, G+P, H, D] (merged heads' layout, so merging them
     # for out_proj is free) and written through the per-head view [B, H, G+P, D].
     out = xp.empty((B, G + P, H, D), q.dtype)                    # [B, G+P, H, D]
@@ -99,7 +113,7 @@ def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentio
 
     for_slices(local_blocks, (H, N), xp)                         # on NumPy a piece is one head of one block
 
-    out = linear(out.reshape(B, G + P, M), w["out_proj"])        # [B, G+P, H, D] -> [B, G+P, M] -> [B, G+P, M]
+    out = linear_rows(out.reshape(B, G + P, M), w["out_proj"])   # [B, G+P, H, D] -> [B, G+P, M] -> [B, G+P, M]
     g_out, t_out = out[:, :G], out[:, G:]                        # [B, G, M], [B, P, M]
     return t_out, g_out, {"local": local_probs, "global": global_probs} if output_attentions else None
 
@@ -186,15 +200,16 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
 
     checks = FiniteChecks.of(check_finite, dtype)  # default: on under fp16/bf16; one sync per pass on a GPU
     hidden_states, attentions = [], []
-    for i, layer_p in enumerate(p["layers"]):
-        if output_hidden_states:
-            hidden_states.append(x)
-        x, g, probs = encoder_layer(x, g, mask, layer_p, config, config.is_staggered(i), trace,
-                                    f"model.encoder.layers.{i}", output_attentions)
-        checks.check(x, f"model.encoder.layers.{i} (tokens)")  # inf/NaN reported with its layer (precision.py)
-        checks.check(g, f"model.encoder.layers.{i} (global tokens)")
-        if output_attentions:
-            attentions.append(probs)
+    with one_blas_thread(xp):  # NumPy: the layers' products all go through the parallel seam (parallel.py)
+        for i, layer_p in enumerate(p["layers"]):
+            if output_hidden_states:
+                hidden_states.append(x)
+            x, g, probs = encoder_layer(x, g, mask, layer_p, config, config.is_staggered(i), trace,
+                                        f"model.encoder.layers.{i}", output_attentions)
+            checks.check(x, f"model.encoder.layers.{i} (tokens)")  # inf/NaN reported with its layer (precision.py)
+            checks.check(g, f"model.encoder.layers.{i} (global tokens)")
+            if output_attentions:
+                attentions.append(probs)
     if checks is not check_finite:  # our own checks (a caller's FiniteChecks is settled by the caller)
         checks.settle()
 

@@ -14,6 +14,13 @@ how the slices are cut:
   * NumPy with one BLAS thread: the same slices in a plain loop (a small piece stays in cache);
   * CuPy: one slice covering every piece, so each product is one batched launch whatever the number of
     blocks (the GPU runs a batch in parallel by itself; per-piece launches would be thousands of tiny ones).
+
+A whole pass can also hold BLAS at one thread from start to end (`one_blas_thread`, around the encoder's
+layers), with every large product cut into pieces through `for_slices`. That matters because OpenBLAS's own
+threads do not stop when a threaded product ends: they spin for about 0.1 s (2^28 cycles, its
+OPENBLAS_THREAD_TIMEOUT) waiting for the next one, and a spinning thread takes a core from the pool's threads.
+Measured at 4k tokens on 2 cores: the local attention took 99 ms a layer with a threaded projection just
+before it, and 64 ms when OpenBLAS was told not to spin.
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 
 from .backend import is_host_module
 
 
-_state = threading.local()   # .inside: True in a pool thread (a nested for_slices runs as a plain loop)
+_state = threading.local()   # .inside: True in a pool thread (a nested for_slices runs as a plain loop);
+                             # .held: the pool's size while this thread holds BLAS at one thread (one_blas_thread)
 _pool = None                 # (process id, ThreadPoolExecutor), made at the first parallel call
 _section = threading.Lock()  # one parallel section at a time: BLAS's thread count is process-wide
 
@@ -61,6 +70,10 @@ def for_slices(work, count, xp, step=1):
         work(*(slice(0, c) for c in counts))
         return
     pieces = list(itertools.product(*([slice(i, min(i + step, c)) for i in range(0, c, step)] for c in counts)))
+    held = getattr(_state, "held", None)
+    if held and not getattr(_state, "inside", False) and len(pieces) > 1:
+        _run_on_pool(work, pieces, held, None)  # BLAS already at one thread for the whole pass
+        return
     if getattr(_state, "inside", False) or len(pieces) < 2:
         blas, threads = None, 1
     else:
@@ -72,6 +85,33 @@ def for_slices(work, count, xp, step=1):
         return
     try:
         _run_on_pool(work, pieces, threads, blas)
+    finally:
+        _section.release()
+
+
+@contextmanager
+def one_blas_thread(xp):
+    """Hold BLAS at one thread for the whole `with` body, the pool (as many threads as BLAS had) running every
+    for_slices inside it; so no product in the body wakes BLAS's own threads, which would spin on a core the
+    pool needs (the module docstring). Products in the body outside for_slices run on one thread: a caller
+    cuts every large one into pieces. Nothing on CuPy, with one BLAS thread, inside a pool thread, in a nested
+    use, or while another thread of the program holds the seam."""
+    if (not is_host_module(xp) or getattr(_state, "inside", False) or getattr(_state, "held", None)
+            or not _section.acquire(blocking=False)):
+        yield
+        return
+    try:
+        blas = _blas_controller()
+        threads = workers(blas)
+        if threads < 2:
+            yield
+            return
+        with blas.limit(limits=1):
+            _state.held = threads
+            try:
+                yield
+            finally:
+                _state.held = None
     finally:
         _section.release()
 
@@ -88,7 +128,7 @@ def _run_on_pool(work, pieces, threads, blas):
         finally:
             _state.inside = False
 
-    with blas.limit(limits=1):
+    with blas.limit(limits=1) if blas is not None else nullcontext():
         futures = [_pool[1].submit(run, s) for s in pieces]
         wait(futures)                      # every piece finished (or failed) before BLAS gets its threads back
     for future in futures:

@@ -1,5 +1,6 @@
 """The parallel seam (minipegx.parallel.for_slices): every piece runs once, BLAS gets its threads back,
-failures reach the caller, CuPy gets one batched slice -- and the encoder equals transformers' in each
+failures reach the caller, CuPy gets one batched slice, one_blas_thread holds BLAS at one thread through the
+encoder's layers -- and the encoder equals transformers' in each
 of the ways the seam can cut its work (a pool of threads, a plain loop, all blocks in one slice).
 
 Tolerance: TINY_FP32 (1e-5) for the encoder against the reference, as in test_parity.py: cutting the
@@ -79,6 +80,52 @@ def test_a_grid_is_cut_into_its_cells():
         parallel.for_slices(lambda a, b: cells.append((a.start, b.start, a.stop - a.start, b.stop - b.start)),
                             (3, 4), np)
     assert sorted(cells) == [(i, j, 1, 1) for i in range(3) for j in range(4)]
+
+
+def test_one_blas_thread_holds_blas_at_one_thread_and_for_slices_still_uses_the_pool():
+    names, inside = set(), []
+
+    def work(s):
+        names.add(threading.current_thread().name)
+        inside.append(blas_threads())
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        with parallel.one_blas_thread(np):
+            assert blas_threads() == 1                            # a product here cannot wake BLAS's threads
+            parallel.for_slices(work, 6, np)
+            with parallel.one_blas_thread(np):                    # nested: nothing more to hold
+                assert blas_threads() == 1
+        assert blas_threads() == 2
+    assert inside == [1] * 6 and all(name.startswith("minipegx") for name in names)
+
+
+def test_one_blas_thread_gives_blas_its_threads_back_after_a_failure():
+    with threadpool_limits(limits=2, user_api="blas"):
+        with pytest.raises(ValueError, match="inside"):
+            with parallel.one_blas_thread(np):
+                raise ValueError("inside")
+        assert blas_threads() == 2
+        seen = []
+        parallel.for_slices(lambda s: seen.append(blas_threads()), 3, np)    # the seam works as before
+        assert seen == [1, 1, 1] and blas_threads() == 2
+
+
+def test_the_encoder_runs_every_layer_with_blas_at_one_thread(tmp_path, monkeypatch):
+    """No product of the encoder's layers runs on BLAS's own threads, whose spinning after a product would take a
+    core from the pool (parallel.py); the projections and the FFN are cut into pieces for the pool instead."""
+    _, model = pair(tmp_path)
+    seen, layer = [], enc.encoder_layer
+
+    def recording_layer(*args, **kwargs):
+        seen.append(blas_threads())
+        return layer(*args, **kwargs)
+
+    monkeypatch.setattr(enc, "encoder_layer", recording_layer)
+    ids, mask = random_batch(np.random.default_rng(0), model.config.vocab_size, 2, 13, pad_rows=[1])
+    with threadpool_limits(limits=2, user_api="blas"):
+        model.encode(ids, mask)
+        assert blas_threads() == 2
+    assert seen == [1] * model.config.encoder_layers
 
 
 def one_slice(work, count, xp, step=1):
