@@ -64,15 +64,18 @@ def for_slices(work, count, xp, step=1):
     i = 0, step, 2*step, ... (along every axis of a grid), on a pool of `workers()` threads with BLAS at
     one thread meanwhile, or in a plain loop when BLAS has one thread, inside a pool thread, or while
     another thread of the program is in a parallel section (BLAS's thread count is one per process).
+    On the pool, a single axis with step > 1 is cut into equal pieces of at most `step`, as many as a
+    multiple of the pool's threads, so the threads finish together (1,152 rows in pieces of 512 would
+    leave one thread 640 rows and the other 512).
     An exception in any piece is raised here."""
     counts = count if isinstance(count, tuple) else (count,)
     if not is_host_module(xp):
         work(*(slice(0, c) for c in counts))
         return
-    pieces = list(itertools.product(*([slice(i, min(i + step, c)) for i in range(0, c, step)] for c in counts)))
+    pieces = _cut(counts, step)
     held = getattr(_state, "held", None)
     if held and not getattr(_state, "inside", False) and len(pieces) > 1:
-        _run_on_pool(work, pieces, held, None)  # BLAS already at one thread for the whole pass
+        _run_on_pool(work, _cut(counts, step, held), held, None)  # BLAS already at one thread for the whole pass
         return
     if getattr(_state, "inside", False) or len(pieces) < 2:
         blas, threads = None, 1
@@ -84,9 +87,19 @@ def for_slices(work, count, xp, step=1):
             work(*s)
         return
     try:
-        _run_on_pool(work, pieces, threads, blas)
+        _run_on_pool(work, _cut(counts, step, threads), threads, blas)
     finally:
         _section.release()
+
+
+def _cut(counts, step, threads=1):
+    """The pieces: cells of the grid, step along each axis; for one axis with step > 1 on `threads` threads,
+    equal pieces of at most step, as many as a multiple of threads."""
+    if len(counts) == 1 and step > 1 and threads > 1:
+        n = -(-counts[0] // step)                                   # pieces of at most step
+        n = -(-n // threads) * threads                              # ... as many as a multiple of the threads
+        step = max(1, -(-counts[0] // n))
+    return list(itertools.product(*([slice(i, min(i + step, c)) for i in range(0, c, step)] for c in counts)))
 
 
 @contextmanager

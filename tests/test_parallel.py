@@ -82,6 +82,19 @@ def test_a_grid_is_cut_into_its_cells():
     assert sorted(cells) == [(i, j, 1, 1) for i in range(3) for j in range(4)]
 
 
+def test_on_the_pool_rows_are_cut_into_equal_pieces_a_multiple_of_the_threads():
+    """1,152 rows in pieces of at most 512 on 2 threads: 4 pieces of 288 (not 512, 512, 128, which leaves one
+    thread 640 rows and the other 512); a plain loop keeps the step it was given."""
+    pieces = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        parallel.for_slices(lambda s: pieces.append((s.start, s.stop)), 1152, np, step=512)
+    assert sorted(pieces) == [(0, 288), (288, 576), (576, 864), (864, 1152)]
+    pieces.clear()
+    with threadpool_limits(limits=1, user_api="blas"):
+        parallel.for_slices(lambda s: pieces.append((s.start, s.stop)), 1152, np, step=512)
+    assert pieces == [(0, 512), (512, 1024), (1024, 1152)]
+
+
 def test_one_blas_thread_holds_blas_at_one_thread_and_for_slices_still_uses_the_pool():
     names, inside = set(), []
 
