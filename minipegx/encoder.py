@@ -16,11 +16,11 @@ from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, recor
 from .parallel import for_slices, one_blas_thread
 from .precision import FiniteChecks, matmul, residual, scores
 
-FFN_ROWS = 512   # positions per piece of the FFN and the projections on NumPy: BLAS is as fast on [512, M] as on all rows
+FFN_ROWS = 512   # rows per piece of the FFN and the projections on NumPy: BLAS is as fast on [512, M] as on all
 
 
 def linear_rows(x, w):
-    """linear(x, w) for x [B, R, I] -> [B, R, O], the R rows in pieces of FFN_ROWS handed out through the
+    """linear(x, w) for x [B, R, I] -> [B, R, O], the R rows in pieces of at most FFN_ROWS handed out through the
     parallel seam, so the attention's projections share the cores as the FFN does (inside the encoder BLAS
     itself stays at one thread: parallel.one_blas_thread)."""
     xp = array_module(x)
@@ -60,8 +60,8 @@ def global_local_attention(x, g, mask, p, num_heads, block_size, output_attentio
     w = {name: p[name]["weight"] for name in ("q_proj", "k_proj", "v_proj", "out_proj")}
 
     # Tokens and global tokens share the projections: project them together, globals first (the order of
-    # the global tokens' keys), as one [G+P, M] @ [M, M] product each. Queries are pre-scaled by D^-1/2,
-    # as the reference does (q_proj(x) * scaling).
+    # the global tokens' keys), as one [G+P, M] @ [M, M] product each (cut into row pieces for the parallel
+    # seam by linear_rows). Queries are pre-scaled by D^-1/2, as the reference does (q_proj(x) * scaling).
     both = xp.concatenate([g, x], axis=1)                        # [B, G+P, M]
     q = split_heads(linear_rows(both, w["q_proj"]), H)           # [B, H, G+P, D]
     q *= D ** -0.5                                               # in place: q is our own
