@@ -231,7 +231,7 @@ def markdown(title, res):
            f"{res['docs']} documents of up to {res['tokens']} tokens; logits over {res['steps']} teacher-forced "
            f"steps (max |float32 logit| = {res['logit_scale']:.3g}); greedy summaries of {res['new_tokens']} new tokens.",
            "", "| mode | max logit error | relative | same argmax | identical summaries | tokens before first "
-               f"difference | weights MiB | encode 1 doc s | decoder step ms |",
+               "difference | weights MiB | encode 1 doc s | decoder step ms |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         sp = res["speed"][r["mode"]]

@@ -25,7 +25,7 @@ from .errors import InputError
 from .generation import generate
 # The input checks live in inputs.py (shared with generation); as_ids, as_mask, as_labels and
 # check_encoder_inputs stay importable from here.
-from .inputs import (as_flag, as_hidden, as_ids, as_labels, as_mask, check_encoder_inputs, check_past_key_values,
+from .inputs import (as_flag, as_hidden, as_labels, as_mask, check_encoder_inputs, check_past_key_values,
                      ids_or_embeds, mark_checked, short)
 from .layers import linear, record
 

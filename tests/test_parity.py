@@ -14,9 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference import hf_model, max_err, pair, random_batch, t, tiny_kwargs, torch
+from reference import max_err, pair, random_batch, t, torch
 
-import minipegx.model as mm
 from minipegx.tolerances import LOGITS, TINY_FP32
 
 LOGITS_TOL = LOGITS.atol      # fp32 logits (minipegx.tolerances: the ladder and its reasons)
