@@ -26,6 +26,7 @@ before it, and 64 ms when OpenBLAS was told not to spin.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -72,18 +73,18 @@ def for_slices(work, count, xp, step=1):
     if not is_host_module(xp):
         work(*(slice(0, c) for c in counts))
         return
-    pieces = _cut(counts, step)
+    alone = getattr(_state, "inside", False) or math.prod(-(-c // step) for c in counts) < 2   # no pool to use
     held = getattr(_state, "held", None)
-    if held and not getattr(_state, "inside", False) and len(pieces) > 1:
+    if held and not alone:
         _run_on_pool(work, _cut(counts, step, held), held, None)  # BLAS already at one thread for the whole pass
         return
-    if getattr(_state, "inside", False) or len(pieces) < 2:
+    if alone:
         blas, threads = None, 1
     else:
         blas = _blas_controller()                # one handle per section: read the threads, then limit them
         threads = workers(blas)
     if threads < 2 or not _section.acquire(blocking=False):
-        for s in pieces:
+        for s in _cut(counts, step):
             work(*s)
         return
     try:
