@@ -13,24 +13,36 @@ from .backend import array_module, finfo
 from .blocks import padded_length, stagger_shift
 from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, record,
                      sinusoidal_positions, softmax, split_heads)
+from .heap import reuse_freed_memory
 from .parallel import for_slices, one_blas_thread
 from .precision import FiniteChecks, matmul, residual, scores
 
 FFN_ROWS = 512   # rows per piece of the FFN and the projections on NumPy: BLAS is as fast on [512, M] as on all
 
 
-def linear_rows(x, w):
-    """linear(x, w) for x [B, R, I] -> [B, R, O], the R rows in pieces of at most FFN_ROWS handed out through the
-    parallel seam, so the attention's projections share the cores as the FFN does (inside the encoder BLAS
-    itself stays at one thread: parallel.one_blas_thread)."""
+def by_rows(f, x, width, dtype):
+    """f(x) for a function f of each row alone (a linear layer, a layer norm): x [B, R, I] -> [B, R, width] of
+    dtype, the R rows in pieces of at most FFN_ROWS handed out through the parallel seam, so the projections and
+    layer norms share the cores as the FFN does (inside the encoder BLAS itself stays at one thread:
+    parallel.one_blas_thread)."""
     xp = array_module(x)
-    out = xp.empty(x.shape[:-1] + (w.shape[0],), x.dtype)      # [B, R, O]
+    out = xp.empty(x.shape[:-1] + (width,), dtype)               # [B, R, width]
 
     def rows_of(rows):                                           # a slice of the R rows
-        out[:, rows] = linear(x[:, rows], w)                     # [B, r, I] @ [I, O] -> [B, r, O]
+        out[:, rows] = f(x[:, rows])                             # [B, r, I] -> [B, r, width]
 
     for_slices(rows_of, x.shape[1], xp, step=FFN_ROWS)
     return out
+
+
+def linear_rows(x, w):
+    """linear(x, w) through by_rows: x [B, R, I] @ W^T [I, O] -> [B, R, O]."""
+    return by_rows(lambda rows: linear(rows, w), x, w.shape[0], x.dtype)
+
+
+def layer_norm_rows(x, p):
+    """layer_norm(x, p) through by_rows: x [B, R, M] -> [B, R, M] in the weights' dtype (as layer_norm rounds)."""
+    return by_rows(lambda rows: layer_norm(rows, p), x, x.shape[-1], p["weight"].dtype)
 
 
 def attend(q, k, v, mask):
@@ -134,7 +146,7 @@ def encoder_layer(x, g, mask, p, config, staggered, trace=None, name="", output_
     but share the attention weights, the FFN and its layer norm (PegasusXEncoderLayer).
     Returns tokens [B, P, M], global tokens [B, G, M] and the attention probabilities (None unless
     output_attentions)."""
-    h = layer_norm(x, p["self_attn_layer_norm"])                 # [B, P, M]
+    h = layer_norm_rows(x, p["self_attn_layer_norm"])            # [B, P, M]
     hg = layer_norm(g, p["global_self_attn_layer_norm"])         # [B, G, M]
     record(trace, f"{name}.self_attn_layer_norm", h)
     record(trace, f"{name}.global_self_attn_layer_norm", hg)
@@ -148,16 +160,21 @@ def encoder_layer(x, g, mask, p, config, staggered, trace=None, name="", output_
     if staggered:
         shift = stagger_shift(K, staggered)
         h = h[:, shift:-shift]                                   # [B, P, M] undo the half-block shift
-    x = x + h                                                    # [B, P, M] our own array: the FFN adds into it
-    g = g + hg
-    g = g + ffn(layer_norm(g, p["final_layer_norm"]), p, config.activation_function)
 
-    # The FFN sees each position alone: slices of FFN_ROWS positions are handed out through the parallel
-    # seam, each adding its FFN output into its rows of x (one slice's [rows, F] hidden stays small).
-    def feed_forward(rows):                                      # rows: a slice of the P positions
-        x[:, rows] += ffn(layer_norm(x[:, rows], p["final_layer_norm"]), p, config.activation_function)
+    # The residual stream after attention, global tokens and tokens side by side in one array (globals first):
+    # the FFN and its layer norm, which both share, see each position alone, so slices of FFN_ROWS rows of
+    # both are handed out through the parallel seam, each adding its FFN output into its rows.
+    xp = array_module(x)
+    G = g.shape[1]
+    both = xp.empty((x.shape[0], G + x.shape[1], x.shape[2]), x.dtype)  # [B, G+P, M]
+    xp.add(g, hg, out=both[:, :G])                               # [B, G, M] residual, global tokens
+    xp.add(x, h, out=both[:, G:])                                # [B, P, M] residual, tokens
 
-    for_slices(feed_forward, x.shape[1], array_module(x), step=FFN_ROWS)
+    def feed_forward(rows):                                      # rows: a slice of the G+P positions
+        both[:, rows] += ffn(layer_norm(both[:, rows], p["final_layer_norm"]), p, config.activation_function)
+
+    for_slices(feed_forward, both.shape[1], xp, step=FFN_ROWS)
+    x, g = both[:, G:], both[:, :G]                              # [B, P, M], [B, G, M] views
     record(trace, name, x)
     record(trace, f"{name}.global", g)
     return x, g, probs
@@ -200,7 +217,9 @@ def encoder(params, config, input_ids=None, attention_mask=None, inputs_embeds=N
 
     checks = FiniteChecks.of(check_finite, dtype)  # default: on under fp16/bf16; one sync per pass on a GPU
     hidden_states, attentions = [], []
-    with one_blas_thread(xp):  # NumPy: the layers' products all go through the parallel seam (parallel.py)
+    # NumPy: the layers' products all go through the parallel seam (parallel.py), and each layer reuses the
+    # memory the one before freed (heap.py)
+    with one_blas_thread(xp), reuse_freed_memory(xp):
         for i, layer_p in enumerate(p["layers"]):
             if output_hidden_states:
                 hidden_states.append(x)
