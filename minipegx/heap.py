@@ -1,14 +1,16 @@
 """Freed memory kept for the next layer while a pass runs: `reuse_freed_memory`.
 
-Each encoder layer allocates its large arrays afresh (a [G+P, M] projection is 14 MB at 4k tokens) and frees
-them when it ends. glibc's malloc gives freed memory at the top of its heap back to the kernel once it passes
-a trim threshold, and serves arrays above its mmap threshold by fresh mappings, so the next layer's arrays
-fault their pages in again, each zero-filled by the kernel. Measured on the 2-core AMD EPYC, 2 threads: a warm
-encoder call at 1k tokens took ~50,000 page faults (200 MB) and 0.12-0.25 s in the kernel, 7-10% of its time;
-at 4k tokens 40,000 and 0.3 s. Inside `reuse_freed_memory()` malloc keeps what is freed (arrays up to 32 MB come
-from the heap, and nothing is trimmed), so from the second layer on, the layers reuse the first one's pages:
-no faults, 0.01-0.02 s in the kernel. On leaving, the kept memory goes back to the kernel (malloc_trim), so the
-process between passes is as large as it was.
+Each encoder layer allocates its large arrays afresh (a [G+P, M] projection is 14 MB at 4k tokens, 52 MB at
+16k) and frees them when it ends. glibc's malloc gives freed memory at the top of its heap back to the kernel
+once it passes a trim threshold, and serves arrays above its mmap threshold (at most 32 MB by its own rules)
+by fresh mappings, so the next layer's arrays fault their pages in again, each zero-filled by the kernel.
+Measured on a 2-core AMD EPYC, 2 threads, warm calls: at 1k tokens ~50,000 page faults (200 MB) and
+0.12-0.25 s in the kernel, 7-10% of the call; at 16k tokens 4.5 s in the kernel of a 23.5 s call. Inside
+`reuse_freed_memory()` malloc keeps what is freed (arrays up to 1 GiB come from the heap, and nothing is
+trimmed), so from the second layer on, the layers reuse the first one's pages: at 16k tokens 0.4 s in the
+kernel and a 21.0 s call, for 0.16 GiB more at the peak (1.75 GiB against 1.59, the weights included). On
+leaving, the kept memory goes back to the kernel (malloc_trim), so the process between passes is as large as
+it was.
 
 glibc (Linux) only: elsewhere, and on CuPy, nothing happens. The settings are process-wide, so nested and
 concurrent uses count: the first to enter sets them, the last to leave restores them.
@@ -24,10 +26,11 @@ from contextlib import contextmanager
 from .backend import is_host_module
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # mallopt's parameters (malloc.h)
-MMAP_THRESHOLD = 32 * 2**20     # arrays up to this come from the heap: glibc's largest (64-bit), where its own
-                                # dynamic threshold ends up after freeing such arrays
+MMAP_THRESHOLD = 2**30          # arrays up to 1 GiB come from the heap (a [G+P, M] array is 52 MB at 16k tokens)
+MMAP_THRESHOLD_OLD_GLIBC = 32 * 2**20   # the most an older glibc accepts (mallopt returns 0 above it)
 KEEP = 2**30                    # trim threshold inside: 1 GiB of freed heap kept (mallopt takes a C int)
-RELEASE = 2 * MMAP_THRESHOLD    # trim threshold after: what glibc's dynamic threshold reaches with the above
+RELEASE = 64 * 2**20            # trim threshold after: where glibc's own dynamic threshold ends up
+AFTER = 32 * 2**20              # mmap threshold after: likewise (a pass's setting no longer applies)
 
 _lock = threading.Lock()
 _users = 0                      # passes inside reuse_freed_memory now, all threads together
@@ -54,7 +57,8 @@ def reuse_freed_memory(xp):
         return
     with _lock:
         if _users == 0:
-            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            if not libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
+                libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_OLD_GLIBC)
             libc.mallopt(M_TRIM_THRESHOLD, KEEP)
         _users += 1
     try:
@@ -63,5 +67,6 @@ def reuse_freed_memory(xp):
         with _lock:
             _users -= 1
             if _users == 0:
+                libc.mallopt(M_MMAP_THRESHOLD, AFTER)
                 libc.mallopt(M_TRIM_THRESHOLD, RELEASE)
                 libc.malloc_trim(0)                  # the kept memory back to the kernel now

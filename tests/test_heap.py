@@ -33,7 +33,7 @@ def faults_per_round(rounds=4):
     faults = []
     for _ in range(rounds):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        arrays = [np.ones(4 * 2**20, np.float32) for _ in range(5)]   # 16 MB each, below the 32 MB mmap threshold
+        arrays = [np.ones(4 * 2**20, np.float32) for _ in range(5)]   # 16 MB each: from the heap inside a pass
         del arrays
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return faults
@@ -64,7 +64,22 @@ def test_the_first_user_sets_the_thresholds_and_the_last_restores_them(monkeypat
         with heap.reuse_freed_memory(np):                  # nested (or another thread's pass): no new settings
             pass
         assert len(libc.calls) == 2
-    assert libc.calls[2:] == [("mallopt", heap.M_TRIM_THRESHOLD, heap.RELEASE), ("malloc_trim", 0)]
+    assert libc.calls[2:] == [("mallopt", heap.M_MMAP_THRESHOLD, heap.AFTER),
+                              ("mallopt", heap.M_TRIM_THRESHOLD, heap.RELEASE), ("malloc_trim", 0)]
+
+
+def test_an_older_glibc_that_refuses_a_large_mmap_threshold_gets_its_largest(monkeypatch):
+    class OlderLibc(RecordingLibc):
+        def mallopt(self, param, value):
+            super().mallopt(param, value)
+            return int(not (param == heap.M_MMAP_THRESHOLD and value > 32 * 2**20))
+
+    libc = OlderLibc()
+    monkeypatch.setattr(heap, "_glibc", lambda: libc)
+    with heap.reuse_freed_memory(np):
+        assert libc.calls == [("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD),
+                              ("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD_OLD_GLIBC),
+                              ("mallopt", heap.M_TRIM_THRESHOLD, heap.KEEP)]
 
 
 def test_concurrent_passes_restore_the_settings_once_after_the_last_leaves(monkeypatch):
@@ -85,7 +100,7 @@ def test_concurrent_passes_restore_the_settings_once_after_the_last_leaves(monke
     leave.set()
     for thread in threads:
         thread.join()
-    assert [c[0] for c in libc.calls] == ["mallopt", "mallopt", "mallopt", "malloc_trim"]
+    assert [c[0] for c in libc.calls] == ["mallopt", "mallopt", "mallopt", "mallopt", "malloc_trim"]
 
 
 def test_an_exception_inside_still_restores_the_settings(monkeypatch):
