@@ -11,38 +11,25 @@ from __future__ import annotations
 
 from .backend import array_module, finfo
 from .blocks import padded_length, stagger_shift
+from .heap import reuse_freed_memory
 from .layers import (additive_mask, embed_tokens, ffn, layer_norm, linear, record,
                      sinusoidal_positions, softmax, split_heads)
-from .heap import reuse_freed_memory
-from .parallel import for_slices, one_blas_thread
+from .parallel import by_rows, for_slices, one_blas_thread
 from .precision import FiniteChecks, matmul, residual, scores
 
-FFN_ROWS = 512   # rows per piece of the FFN and the projections on NumPy: BLAS is as fast on [512, M] as on all
-
-
-def by_rows(f, x, width, dtype):
-    """f(x) for a function f of each row alone (a linear layer, a layer norm): x [B, R, I] -> [B, R, width] of
-    dtype, the R rows in pieces of at most FFN_ROWS handed out through the parallel seam, so the projections and
-    layer norms share the cores as the FFN does (inside the encoder BLAS itself stays at one thread:
-    parallel.one_blas_thread)."""
-    xp = array_module(x)
-    out = xp.empty(x.shape[:-1] + (width,), dtype)               # [B, R, width]
-
-    def rows_of(rows):                                           # a slice of the R rows
-        out[:, rows] = f(x[:, rows])                             # [B, r, I] -> [B, r, width]
-
-    for_slices(rows_of, x.shape[1], xp, step=FFN_ROWS)
-    return out
+FFN_ROWS = 512   # rows per piece of the FFN, projections and layer norms on NumPy: BLAS is as fast on [512, M] as on all
 
 
 def linear_rows(x, w):
-    """linear(x, w) through by_rows: x [B, R, I] @ W^T [I, O] -> [B, R, O]."""
-    return by_rows(lambda rows: linear(rows, w), x, w.shape[0], x.dtype)
+    """linear(x, w), x [B, R, I] @ W^T [I, O] -> [B, R, O], the rows in pieces of at most FFN_ROWS through the
+    parallel seam (parallel.by_rows), so the projections share the cores as the FFN does."""
+    return by_rows(lambda rows: linear(rows, w), x, w.shape[0], x.dtype, FFN_ROWS)
 
 
 def layer_norm_rows(x, p):
-    """layer_norm(x, p) through by_rows: x [B, R, M] -> [B, R, M] in the weights' dtype (as layer_norm rounds)."""
-    return by_rows(lambda rows: layer_norm(rows, p), x, x.shape[-1], p["weight"].dtype)
+    """layer_norm(x, p), x [B, R, M] -> [B, R, M] in the weights' dtype (as layer_norm rounds), the rows in
+    pieces of at most FFN_ROWS through the parallel seam (parallel.by_rows)."""
+    return by_rows(lambda rows: layer_norm(rows, p), x, x.shape[-1], p["weight"].dtype, FFN_ROWS)
 
 
 def attend(q, k, v, mask):

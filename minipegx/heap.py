@@ -19,6 +19,7 @@ concurrent uses count: the first to enter sets them, the last to leave restores 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from contextlib import contextmanager
@@ -36,8 +37,9 @@ _lock = threading.Lock()
 _users = 0                      # passes inside reuse_freed_memory now, all threads together
 
 
+@functools.cache
 def _glibc():
-    """The process's C library if it is glibc (mallopt, malloc_trim), else None."""
+    """The process's C library if it is glibc (mallopt, malloc_trim), else None (looked up once)."""
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):
             return None

@@ -15,6 +15,9 @@ how the slices are cut:
   * CuPy: one slice covering every piece, so each product is one batched launch whatever the number of
     blocks (the GPU runs a batch in parallel by itself; per-piece launches would be thousands of tiny ones).
 
+`by_rows(f, x, width, dtype, step)` is the common case written once: a function of each row alone (a linear
+layer, a layer norm) over pieces of rows, each piece writing its rows of one output.
+
 A whole pass can also hold BLAS at one thread from start to end (`one_blas_thread`, around the encoder's
 layers), with every large product cut into pieces through `for_slices`. That matters because OpenBLAS's own
 threads do not stop when a threaded product ends: they spin for about 0.1 s (2^28 cycles, its
@@ -32,7 +35,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
 
-from .backend import is_host_module
+from .backend import array_module, is_host_module
 
 
 _state = threading.local()   # .inside: True in a pool thread (a nested for_slices runs as a plain loop);
@@ -91,6 +94,20 @@ def for_slices(work, count, xp, step=1):
         _run_on_pool(work, _cut(counts, step, threads), threads, blas)
     finally:
         _section.release()
+
+
+def by_rows(f, x, width, dtype, step):
+    """f(x) for a function f of each row alone (a linear layer, a layer norm): x [B, R, I] -> [B, R, width] of
+    dtype, the R rows in pieces of at most `step` handed out through for_slices, each written into its rows of
+    one output array."""
+    xp = array_module(x)
+    out = xp.empty(x.shape[:-1] + (width,), dtype)               # [B, R, width]
+
+    def rows_of(rows):                                           # a slice of the R rows
+        out[:, rows] = f(x[:, rows])                             # [B, r, I] -> [B, r, width]
+
+    for_slices(rows_of, x.shape[1], xp, step=step)
+    return out
 
 
 def _cut(counts, step, threads=1):
