@@ -27,11 +27,11 @@ from contextlib import contextmanager
 from .backend import is_host_module
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # mallopt's parameters (malloc.h)
-MMAP_THRESHOLD = 2**30          # arrays up to 1 GiB come from the heap (a [G+P, M] array is 52 MB at 16k tokens)
-MMAP_THRESHOLD_OLD_GLIBC = 32 * 2**20   # the most an older glibc accepts (mallopt returns 0 above it)
+GLIBC_MMAP_MAX = 32 * 2**20     # glibc's largest mmap threshold on 64-bit: where its own dynamic threshold ends
+                                # up, and the most an older glibc's mallopt accepts (it returns 0 above)
+MMAP_THRESHOLD = 2**30          # inside: arrays up to 1 GiB come from the heap (a [G+P, M] array is 52 MB at 16k)
 KEEP = 2**30                    # trim threshold inside: 1 GiB of freed heap kept (mallopt takes a C int)
-RELEASE = 64 * 2**20            # trim threshold after: where glibc's own dynamic threshold ends up
-AFTER = 32 * 2**20              # mmap threshold after: likewise (a pass's setting no longer applies)
+RELEASE = 2 * GLIBC_MMAP_MAX    # trim threshold after: glibc's dynamic one, twice its mmap threshold
 
 _lock = threading.Lock()
 _users = 0                      # passes inside reuse_freed_memory now, all threads together
@@ -60,7 +60,7 @@ def reuse_freed_memory(xp):
     with _lock:
         if _users == 0:
             if not libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
-                libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_OLD_GLIBC)
+                libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_MAX)
             libc.mallopt(M_TRIM_THRESHOLD, KEEP)
         _users += 1
     try:
@@ -69,6 +69,6 @@ def reuse_freed_memory(xp):
         with _lock:
             _users -= 1
             if _users == 0:
-                libc.mallopt(M_MMAP_THRESHOLD, AFTER)
+                libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_MAX)
                 libc.mallopt(M_TRIM_THRESHOLD, RELEASE)
                 libc.malloc_trim(0)                  # the kept memory back to the kernel now

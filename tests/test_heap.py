@@ -64,7 +64,7 @@ def test_the_first_user_sets_the_thresholds_and_the_last_restores_them(monkeypat
         with heap.reuse_freed_memory(np):                  # nested (or another thread's pass): no new settings
             pass
         assert len(libc.calls) == 2
-    assert libc.calls[2:] == [("mallopt", heap.M_MMAP_THRESHOLD, heap.AFTER),
+    assert libc.calls[2:] == [("mallopt", heap.M_MMAP_THRESHOLD, heap.GLIBC_MMAP_MAX),
                               ("mallopt", heap.M_TRIM_THRESHOLD, heap.RELEASE), ("malloc_trim", 0)]
 
 
@@ -78,7 +78,7 @@ def test_an_older_glibc_that_refuses_a_large_mmap_threshold_gets_its_largest(mon
     monkeypatch.setattr(heap, "_glibc", lambda: libc)
     with heap.reuse_freed_memory(np):
         assert libc.calls == [("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD),
-                              ("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD_OLD_GLIBC),
+                              ("mallopt", heap.M_MMAP_THRESHOLD, heap.GLIBC_MMAP_MAX),
                               ("mallopt", heap.M_TRIM_THRESHOLD, heap.KEEP)]
 
 

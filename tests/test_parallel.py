@@ -158,8 +158,9 @@ def test_the_encoder_matches_the_reference_however_the_seam_cuts_its_work(tmp_pa
     ref, model = pair(tmp_path)
     monkeypatch.setattr(enc, "FFN_ROWS", 4)
     if cut != "pool":   # the encoder's own pieces and its rows through parallel.by_rows
-        monkeypatch.setattr(enc, "for_slices", one_slice if cut == "one slice" else plain_loop)
-        monkeypatch.setattr(parallel, "for_slices", one_slice if cut == "one slice" else plain_loop)
+        cutter = one_slice if cut == "one slice" else plain_loop
+        monkeypatch.setattr(enc, "for_slices", cutter)
+        monkeypatch.setattr(parallel, "for_slices", cutter)
     ids, mask = random_batch(np.random.default_rng(0), ref.config.vocab_size, 2, 13, pad_rows=[1])
     with threadpool_limits(limits=2, user_api="blas"), torch.no_grad():
         want = ref.get_encoder()(input_ids=t(ids), attention_mask=t(mask), output_attentions=True)
